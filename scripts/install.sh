@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv/ in the repo root from the lock file (idempotent: reuses a venv whose lock hash matches).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null || py=python3
+stamp=".venv/.lock-sha256"
+want="$(sha256sum requirements.lock | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "[install] creating .venv from requirements.lock (torch is large: a few minutes)" >&2
+"$py" -m venv .venv
+.venv/bin/python -m pip install -q -r requirements.lock
+echo "$want" > "$stamp"
