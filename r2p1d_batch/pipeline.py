@@ -1,0 +1,132 @@
+"""run(cfg): manifest -> decode/sample -> classify -> write. One direction; stages numbered."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+
+from .config import Config
+from .manifest import read_manifest
+from .model import WeightsError, kinetics_available, kinetics_checkpoint_path
+from .sampling import sampling_id
+from .stages import ClassifierActor, DecodeStage
+from .storage import filesystem
+from .writer import RunSummary, RunWriter
+
+log = logging.getLogger("r2p1d_batch")
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+DECODE_MAX_RETRIES = 3
+
+
+def _decode_task_args() -> dict:
+    return {"max_retries": DECODE_MAX_RETRIES}
+
+
+def task_pool(concurrency) -> ray.data.TaskPoolStrategy:
+    size = concurrency[1] if isinstance(concurrency, tuple) else concurrency
+    return ray.data.TaskPoolStrategy(size=size)
+
+
+def actor_pool(concurrency) -> ray.data.ActorPoolStrategy:
+    if isinstance(concurrency, tuple):
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    return ray.data.ActorPoolStrategy(size=concurrency or 1)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def check_weights(cfg: Config) -> None:
+    """Fail before any work when the weights cannot possibly load."""
+    spec = cfg.model.weights
+    if spec == "random":
+        log.warning("model.weights=random (seed %d): labels are MEANINGLESS; every row says so", cfg.model.seed)
+        return
+    if spec == "kinetics400":
+        if not kinetics_available():
+            log.info("Kinetics-400 weights not in %s: the actors will try to download them", kinetics_checkpoint_path())
+        return
+    fs, path = filesystem(spec, cfg.storage)
+    if not fs.exists(path):
+        raise WeightsError(f"checkpoint not found: {spec}")
+
+
+def init_ray(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # A local Ray started by the job: workers must import this package from the checkout.
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        object_store_memory=cfg.ray.object_store_memory_mb * 2**20 if cfg.ray.object_store_memory_mb else None,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+
+
+def _configure_data(cfg: Config) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.enable_operator_progress_bars = cfg.ray.progress_bars
+    ctx.verbose_stats_logs = False
+
+
+def run(cfg: Config) -> RunSummary:
+    t0 = time.perf_counter()
+    # Stage 0 (driver): validate manifest and weights; a bad input stops here, nothing half-run.
+    manifest = read_manifest(cfg.manifest, cfg.storage)
+    check_weights(cfg)
+    init_ray(cfg)
+    _configure_data(cfg)
+    run_id = new_run_id()
+    log.info("run %s: %d videos -> %s", run_id, manifest.num_rows, cfg.output.path)
+
+    # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
+    rows = manifest.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
+
+    # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
+    # A crashed decode worker is retried a bounded number of times. Passing the args through
+    # ray_remote_args_fn also keeps Ray from fusing decode into the classifier actors
+    # (fused, each actor would decode its own input serially and the pools could not scale apart).
+    ds = ds.map_batches(
+        DecodeStage(cfg),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cfg.decode.num_cpus,
+        compute=task_pool(cfg.decode.concurrency),
+        ray_remote_args_fn=_decode_task_args,
+    )
+
+    # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
+    ds = ds.map_batches(
+        ClassifierActor,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=cfg.model.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.model.num_cpus,
+        num_gpus=cfg.model.num_gpus or None,
+        compute=actor_pool(cfg.model.concurrency),
+        zero_copy_batch=True,
+    )
+
+    # Stage 4 (driver): stream labeled rows into the run's staging files, then commit.
+    writer = RunWriter(
+        cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
+        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage,
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch)
+    return writer.commit(time.perf_counter() - t0)

@@ -1,0 +1,68 @@
+"""Spatial preprocessing of decoded RGB frames into the model's uint8 clip pixels.
+
+Sizes come from torchvision's preset for the weights (``weights.transforms()``), never typed
+by hand. The ``exact`` scaler reproduces the preset bit for bit: torch bilinear
+interpolation without antialias on float, rounded back to uint8 (what ``F.resize`` does to a
+uint8 tensor). Normalisation is not done here: it runs on the device that runs the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def preset():
+    """torchvision's VideoClassification preset for the Kinetics-400 weights."""
+    from torchvision.models.video import R2Plus1D_18_Weights
+
+    return R2Plus1D_18_Weights.KINETICS400_V1.transforms()
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Resize to ``resize`` (H, W) then centre-crop to ``crop`` (H, W); uint8 HWC in and out."""
+
+    resize: tuple[int, int]
+    crop: tuple[int, int]
+    scaler: str = "exact"
+
+    @classmethod
+    def from_preset(cls, scaler: str = "exact") -> "FrameTransform":
+        p = preset()
+        return cls(_pair(p.resize_size), _pair(p.crop_size), scaler)
+
+    def crop_box(self) -> tuple[int, int]:
+        # Same rounding as torchvision.transforms.functional.center_crop.
+        top = int(round((self.resize[0] - self.crop[0]) / 2.0))
+        left = int(round((self.resize[1] - self.crop[1]) / 2.0))
+        return top, left
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        small = resize_cv2(rgb, self.resize) if self.scaler == "cv2" else resize_exact(rgb, self.resize)
+        top, left = self.crop_box()
+        return np.ascontiguousarray(small[top : top + self.crop[0], left : left + self.crop[1]])
+
+
+def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch bilinear, align_corners=False, antialias=False, float then round: the preset's pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+def resize_cv2(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """OpenCV INTER_LINEAR on uint8: same sampling grid as the preset, fixed-point maths."""
+    import cv2
+
+    return cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
