@@ -125,7 +125,7 @@ def run(cfg: Config) -> RunSummary:
     # Stage 4 (driver): stream labeled rows into the run's staging files, then commit.
     writer = RunWriter(
         cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
-        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage,
+        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"),
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         writer.add(batch)

@@ -38,6 +38,7 @@ class RunSummary:
     wall_sec: float = 0.0
     clips_per_sec: float = 0.0
     committed: bool = False
+    config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -88,7 +89,8 @@ class _PartWriter:
 
 class RunWriter:
     def __init__(self, output: str, run_id: str, manifest: pa.Table, *, sampling: str, topk_n: int,
-                 rows_per_file: int = 200_000, storage=None, flush_rows: int = 2000):
+                 rows_per_file: int = 200_000, storage=None, flush_rows: int = 2000,
+                 config: Optional[dict] = None):
         self.output, self.run_id, self.sampling, self.k = output.rstrip("/"), run_id, sampling, topk_n
         self.fs, root = filesystem(self.output, storage)
         self.root = root.rstrip("/")
@@ -108,7 +110,7 @@ class RunWriter:
         self._clip_buf: list[dict] = []
         self._video_buf: list[dict] = []
         self.flush_rows = flush_rows
-        self.summary = RunSummary(run_id=run_id, output=output, sampling=sampling)
+        self.summary = RunSummary(run_id=run_id, output=output, sampling=sampling, config=config or {})
         self.labels = np.array(categories(), dtype=object)
         self._model_info: Optional[tuple[str, str]] = None
 
