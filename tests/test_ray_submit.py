@@ -109,3 +109,31 @@ def test_head_without_auth_runs_jobs_and_stops_all_its_processes(tmp_path):
         temp_dir = h.temp_dir
     assert head_processes(temp_dir) == []
     assert not temp_dir.exists()
+
+
+def test_label_job_through_ray_job_submit(head, tmp_path):
+    """The README's command: `ray job submit --working-dir . -- python jobs/label.py M --output O`."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from r2p1d_batch.synth import make_video
+    from tests.conftest import REPO
+
+    videos = [make_video(tmp_path / f"v{i}.mp4", n_frames=20, fps=15, pattern="moving", seed=i) for i in range(2)]
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"uri": [str(v) for v in videos] + [str(tmp_path / "gone.mp4")]}), manifest)
+    out = tmp_path / "out"
+    status, logs = submit_job(
+        head,
+        ["python", "jobs/label.py", str(manifest), "--output", str(out),
+         "--set", "model.weights=random", "--set", "ray.progress_bars=false"],
+        working_dir=REPO,
+        timeout=600,
+    )
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "videos 3 (ok 2, error 1)" in logs and head.token not in logs
+    con = duckdb.connect()
+    (n_clips,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}/clips/**/*.parquet')").fetchone()
+    rows = con.execute(f"SELECT status, count(*) FROM read_parquet('{out}/videos/**/*.parquet') GROUP BY 1 ORDER BY 1").fetchall()
+    assert n_clips == 2 and rows == [("error", 1), ("ok", 2)]
