@@ -38,7 +38,7 @@ def _print(rel, fmt: str, max_rows: int) -> None:
     if fmt == "table":
         rel.show(max_rows=max_rows, max_width=200)
         return
-    table = rel.fetch_arrow_table()
+    table = rel.to_arrow_table()
     if fmt == "csv":
         import pyarrow.csv as pcsv
 

@@ -50,8 +50,14 @@ class NoCommittedRuns(LookupError):
 
 
 def _runs_table(runs: list[dict]) -> pa.Table:
-    rows = [{**r, "errors_by_class": json.dumps(r.get("errors_by_class", {}), sort_keys=True)} for r in runs]
-    return pa.Table.from_pylist(rows)
+    """Run summaries as a table: every key any run has (older runs may lack newer keys);
+    nested values (errors_by_class) as JSON text."""
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    cols = {k: [r.get(k) for r in runs] for k in keys}
+    for k, values in cols.items():
+        if any(isinstance(v, (dict, list)) for v in values):
+            cols[k] = [None if v is None else json.dumps(v, sort_keys=True) for v in values]
+    return pa.table(cols)
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema) -> None:

@@ -76,17 +76,20 @@ def test_local_runtime_env_carries_aws_vars_and_never_logs_them(caplog):
 @pytest.mark.ray
 def test_runtime_env_reaches_ray_workers():
     """The values a worker sees come from the runtime_env, not from inheriting the driver env."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("a Ray is already running in this process")
+    import ray
+
     fake = {"AWS_ACCESS_KEY_ID": "only-in-runtime-env", "AWS_REGION": "ap-south-1"}
     assert os.environ.get("AWS_ACCESS_KEY_ID") != fake["AWS_ACCESS_KEY_ID"]
-    ray.init(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False,
-             runtime_env=local_runtime_env({**fake, "PYTHONPATH": str(ROOT)}))
-    try:
-        got = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in fake}).remote())
-    finally:
-        ray.shutdown()
+    renv = local_runtime_env({**fake, "PYTHONPATH": str(ROOT)})
+    probe = ray.remote(lambda: {k: os.environ.get(k) for k in fake})
+    if ray.is_initialized():  # the session's shared Ray: the same dict, as a task runtime_env
+        got = ray.get(probe.options(runtime_env=renv).remote())
+    else:  # as init_ray does it: the job-level runtime_env
+        ray.init(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False, runtime_env=renv)
+        try:
+            got = ray.get(probe.remote())
+        finally:
+            ray.shutdown()
     assert got == fake
 
 
@@ -246,14 +249,15 @@ def test_end_to_end_local_manifest_s3_videos_local_output(s3_env, tmp_path, smal
     pq.write_table(pa.table({"video_id": ["s3", "local"], "uri": [uri, str(small_video)]}), manifest)
     out_dir = tmp_path / "out"
     env = _job_env(s3_env, AWS_ENDPOINT_URL=None)
-    env.pop("AWS_ENDPOINT_URL")
+    assert "AWS_ENDPOINT_URL" not in env
     res = _label(str(manifest), str(out_dir), env, f"storage.endpoint_url={s3_env.endpoint}")
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
     assert "ok 2, error 0" in res.stdout, res.stdout
+    print(res.stdout)
 
     con = query.connect(str(out_dir))
-    assert con.sql("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0] == 2
-    (run_id,) = con.sql("SELECT run_id FROM runs").fetchone()
+    assert con.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchall()[0][0] == 2
+    (run_id,) = con.execute("SELECT run_id FROM runs").fetchall()[0]
     sha = dict(con.sql("SELECT video_id, clip_sha FROM clips").fetchall())
     assert sha["s3"] == sha["local"]  # same bytes, read from S3 or from disk
     timeline = query.report(con, "timeline", video_id="s3").fetchall()
@@ -264,7 +268,7 @@ def test_end_to_end_local_manifest_s3_videos_local_output(s3_env, tmp_path, smal
     ghost.mkdir()
     src = next((out_dir / "clips" / f"run_id={run_id}").glob("*.parquet"))
     ghost.joinpath("part-00000.parquet").write_bytes(src.read_bytes())
-    assert query.connect(str(out_dir)).sql("SELECT count(*) FROM clips").fetchone()[0] == 2
+    assert query.connect(str(out_dir)).execute("SELECT count(*) FROM clips").fetchall()[0][0] == 2
 
 
 def test_query_without_a_committed_run_says_so(tmp_path, s3_env):
