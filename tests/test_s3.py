@@ -154,10 +154,11 @@ def test_transient_faults_are_retried(s3_env, s3_proxy, small_video):
     assert s3_proxy.pending_faults == 0
 
 
-def test_retries_exhausted_is_an_error_row_with_the_s3_code(s3_env, s3_proxy, small_video):
+@pytest.mark.parametrize("method", ["HEAD", "GET"])  # GET: fails inside PyAV's reads
+def test_retries_exhausted_is_an_error_row_with_the_s3_code(s3_env, s3_proxy, small_video, method):
     s3_env.bucket("media")
     uri = s3_env.put("media", "videos/slow.mp4", small_video)
-    s3_proxy.fail(100, match="/media/videos/slow.mp4", mode="503")
+    s3_proxy.fail(100, match=f"{method} /media/videos/slow.mp4", mode="503")
     _, video = _rows(_cfg(s3_proxy.endpoint, max_attempts=2), uri)
     assert (video["status"], video["error_class"]) == ("error", "StorageError")
     assert "SlowDown" in video["error"] or "503" in video["error"], video["error"]
