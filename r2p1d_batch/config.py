@@ -99,9 +99,18 @@ class ModelConfig(_Section):
 
 
 class StorageConfig(_Section):
-    endpoint_url: Optional[str] = None  # falls back to AWS_ENDPOINT_URL
+    # S3: endpoint/region/profile fall back to AWS_ENDPOINT_URL(_S3), AWS_REGION /
+    # AWS_DEFAULT_REGION, AWS_PROFILE. Credentials are never config: env, profile or role.
+    endpoint_url: Optional[str] = None
     region: Optional[str] = None
-    anon: bool = False
+    profile: Optional[str] = None
+    anon: bool = False  # unsigned requests (public buckets)
+    max_attempts: int = Field(10, ge=1, le=100)  # botocore attempts per request, first included
+    retry_mode: Literal["adaptive", "standard", "legacy"] = "adaptive"
+    connect_timeout_sec: float = Field(10.0, gt=0)
+    read_timeout_sec: float = Field(60.0, gt=0)
+    block_size_mb: float = Field(8.0, gt=0, le=1024)  # bytes per ranged GET when reading
+    cache_type: Literal["readahead", "bytes", "blockcache", "first", "none"] = "readahead"
 
 
 class OutputConfig(_Section):
@@ -132,7 +141,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects key.sub=value, got {text!r}")
     value = yaml.safe_load(raw) if raw.strip() else ""
     # Paths and ids stay strings even when YAML would read them as something else.
-    if key.strip().endswith(("weights", "path", "manifest", "address", "endpoint_url")) and value is not None:
+    if key.strip().endswith(("weights", "path", "manifest", "address", "endpoint_url", "profile")) and value is not None:
         value = raw.strip()
     return key.strip().split("."), value
 

@@ -15,7 +15,8 @@ from .manifest import read_manifest
 from .model import WeightsError, kinetics_available, kinetics_checkpoint_path
 from .sampling import sampling_id
 from .stages import ClassifierActor, DecodeStage
-from .storage import filesystem
+from .storage import aws_env, filesystem
+from .storage import resolve as resolve_storage
 from .writer import RunSummary, RunWriter
 
 log = logging.getLogger("r2p1d_batch")
@@ -66,14 +67,24 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # A local Ray started by the job: workers must import this package from the checkout.
-    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    # A local Ray started by the job: workers must import this package from the checkout,
+    # and get the driver's AWS_* variables (credentials, profile) through the runtime_env.
+    # On a cluster the job's own runtime_env carries them (ray job submit --runtime-env-json).
     ray.init(
         num_cpus=cfg.ray.num_cpus,
         object_store_memory=cfg.ray.object_store_memory_mb * 2**20 if cfg.ray.object_store_memory_mb else None,
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        runtime_env=local_runtime_env(),
     )
+
+
+def local_runtime_env(env: dict | None = None) -> dict:
+    env = os.environ if env is None else env
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    aws = aws_env(env)
+    if aws:
+        log.info("passing %s to Ray workers (values not logged)", ", ".join(sorted(aws)))
+    return {"env_vars": {"PYTHONPATH": path, **aws}}
 
 
 def _configure_data(cfg: Config) -> None:
@@ -85,6 +96,8 @@ def _configure_data(cfg: Config) -> None:
 
 def run(cfg: Config) -> RunSummary:
     t0 = time.perf_counter()
+    # Storage settings resolved here (config, else AWS env) travel to the workers inside cfg.
+    cfg = cfg.model_copy(update={"storage": resolve_storage(cfg.storage)})
     # Stage 0 (driver): validate manifest and weights; a bad input stops here, nothing half-run.
     manifest = read_manifest(cfg.manifest, cfg.storage)
     check_weights(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from contextlib import nullcontext
 from typing import Iterator
 
 import numpy as np
@@ -15,7 +16,7 @@ from .config import Config
 from .decode import DecodeError, VideoSource
 from .preprocess import FrameTransform
 from .sampling import ShortVideoError, plan_clips
-from .storage import filesystem, fingerprint, is_local
+from .storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
 
 
 def _video_row(row: dict, **fields) -> dict:
@@ -28,15 +29,14 @@ def decode_video(row: dict, cfg: Config) -> Iterator[dict]:
     uri, emitted, meta = row["uri"], 0, {}
     try:
         fs, path = filesystem(uri, cfg.storage)
-        try:
-            st = fs.info(path)
-        except FileNotFoundError:
-            raise DecodeError(f"{uri}: file not found", "NotFound") from None
+        st = fs.info(path)  # a missing/forbidden object raises OSError: mapped below
         meta.update(source_size=st.get("size"), source_fingerprint=fingerprint(st))
         if not st.get("size"):
             raise DecodeError(f"{uri}: file is empty (0 bytes)", "EmptyFile")
-        src = path if is_local(uri) else fs.open(path, "rb")
-        with VideoSource(src, uri, cfg.decode) as video:
+        # Remote objects are streamed: PyAV reads through a file object doing ranged GETs of
+        # storage.block_size_mb (one block held), so a few clips never fetch the whole object.
+        src = nullcontext(path) if is_local(uri) else fs.open(path, "rb")
+        with src as f, VideoSource(f, uri, cfg.decode) as video:
             windows = plan_clips(
                 cfg.sampling, video.info.duration, video.info.fps, row.get("start_sec"), row.get("end_sec")
             )
@@ -66,6 +66,9 @@ def decode_video(row: dict, cfg: Config) -> Iterator[dict]:
         status = dict(status="error", error_class=e.kind, error=str(e))
     except ShortVideoError as e:
         status = dict(status="error", error_class="ShortVideo", error=f"{uri}: {e}")
+    except STORAGE_ERRORS as e:  # not found, access denied, retries exhausted (S3 message kept)
+        error_class, message = error_kind(e, uri)
+        status = dict(status="error", error_class=error_class, error=message)
     except ValueError as e:  # e.g. start_sec past the end
         status = dict(status="error", error_class="BadWindow", error=f"{uri}: {e}")
     except Exception as e:  # a bug or an unexpected library error: still a row, with a trace

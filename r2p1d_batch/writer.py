@@ -189,7 +189,7 @@ class RunWriter:
         for table in ("clips", "videos"):
             dest = join(self.root, table, f"run_id={self.run_id}")
             self.fs.makedirs(join(self.root, table), exist_ok=True)
-            self.fs.mv(join(self.staging, table), dest, recursive=True)
+            _move_tree(self.fs, join(self.staging, table), dest)
         s.committed = True
         runs = join(self.root, "_runs")
         self.fs.makedirs(runs, exist_ok=True)
@@ -207,3 +207,14 @@ class RunWriter:
                     self.fs.rm(path, recursive=True)
             except OSError:
                 pass  # a concurrent run's staging: leave it
+
+
+def _move_tree(fs, src: str, dest: str) -> None:
+    """Local: one directory rename. Object stores have no directories (and no rename): move
+    each file under the ``src`` prefix (copy + delete on S3)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        fs.mv(src, dest, recursive=True)
+        return
+    for path in sorted(fs.find(src)):
+        fs.mv(path, join(dest, path[len(src.rstrip("/")):]))

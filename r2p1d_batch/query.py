@@ -1,0 +1,109 @@
+"""DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
+
+Only committed runs are visible (``runs.committed_runs``): the views read the data files of
+those runs and nothing else, so a half-written or killed run never shows. On S3 the fsspec
+filesystem (same endpoint, credentials and retries as the job) is registered with DuckDB,
+so no httpfs extension download is needed and it works on a closed network.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import duckdb
+import pyarrow as pa
+
+from . import schema
+from .config import StorageConfig
+from .runs import committed_runs
+from .storage import filesystem, is_local, join
+
+REPORTS: dict[str, str] = {
+    # Label histogram over every clip of every committed run.
+    "labels": """
+        SELECT label, count(*) AS clips, count(DISTINCT video_id) AS videos,
+               round(avg(score), 4) AS mean_score
+        FROM clips GROUP BY label ORDER BY clips DESC, label""",
+    # Per video: the video-level label (mean clip softmax) and its top-k, plus the most
+    # frequent clip label.
+    "videos": """
+        SELECT v.video_id, v.label, round(v.score, 4) AS score, v.topk_labels, v.num_clips,
+               (SELECT mode(c.label) FROM clips c
+                 WHERE c.video_id = v.video_id AND c.run_id = v.run_id) AS most_frequent_clip_label,
+               v.run_id
+        FROM videos v WHERE v.status = 'ok' ORDER BY v.video_id, v.run_id""",
+    # The labels of one video over time ($video_id).
+    "timeline": """
+        SELECT clip_index, round(start_sec, 3) AS start_sec, round(end_sec, 3) AS end_sec,
+               label, round(score, 4) AS score, topk_labels, run_id
+        FROM clips WHERE video_id = $video_id ORDER BY run_id, start_sec, clip_index""",
+    # Videos that produced no labels, with the error (S3 message included).
+    "failed": """
+        SELECT video_id, uri, error_class, error, run_id
+        FROM videos WHERE status <> 'ok' ORDER BY error_class, video_id, run_id""",
+}
+REPORT_PARAMS = {"timeline": ("video_id",)}
+
+
+class NoCommittedRuns(LookupError):
+    """The output holds no committed run: nothing to query."""
+
+
+def _runs_table(runs: list[dict]) -> pa.Table:
+    """Run summaries as a table: every key any run has (older runs may lack newer keys);
+    nested values (errors_by_class) as JSON text."""
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    cols = {k: [r.get(k) for r in runs] for k in keys}
+    for k, values in cols.items():
+        if any(isinstance(v, (dict, list)) for v in values):
+            cols[k] = [None if v is None else json.dumps(v, sort_keys=True) for v in values]
+    return pa.table(cols)
+
+
+def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema) -> None:
+    if files:
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], "
+            "hive_partitioning = true, union_by_name = true)"
+        )
+    else:  # e.g. every video failed: no clip files, but the view still has its columns
+        con.register(f"_empty_{name}", pa.Table.from_pylist([], schema=empty.append(pa.field("run_id", pa.string()))))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
+
+
+def connect(output: str, storage: Optional[StorageConfig] = None, *, require_runs: bool = True,
+            con: Optional[duckdb.DuckDBPyConnection] = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views ``clips``, ``videos`` and ``runs`` over ``output``."""
+    runs = committed_runs(output, storage)
+    if not runs and require_runs:
+        raise NoCommittedRuns(f"{output}: no committed run (no {join(output, '_runs', 'run_id=*.json')})")
+    fs, root = filesystem(output, storage)
+    root = root.rstrip("/")
+    con = con or duckdb.connect()
+    prefix = ""
+    if not is_local(output):
+        con.register_filesystem(fs)
+        prefix = (fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol) + "://"
+    for table, empty in (("clips", schema.CLIPS), ("videos", schema.VIDEOS)):
+        files: list[str] = []
+        for r in runs:
+            files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
+        _view(con, table, [prefix + f for f in files], empty)
+    if runs:
+        con.register("_runs", _runs_table(runs))
+        con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
+    else:
+        con.execute("CREATE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+    return con
+
+
+def report(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyRelation:
+    """Run one of REPORTS; ``timeline`` needs ``video_id``."""
+    if name not in REPORTS:
+        raise KeyError(f"unknown report {name!r}; choose from {', '.join(REPORTS)}")
+    needed = REPORT_PARAMS.get(name, ())
+    missing = [p for p in needed if params.get(p) is None]
+    if missing:
+        raise ValueError(f"report {name!r} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    return con.sql(REPORTS[name], params={p: params[p] for p in needed} or None)

@@ -1,0 +1,283 @@
+"""S3 in and out against moto's server on loopback (tests/s3_fixtures.py), DuckDB out.
+
+Stage functions are called directly (no Ray) for streaming, errors and retries; two runs of
+jobs/label.py on a local Ray cover the whole path, read back with jobs/query.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r2p1d_batch import config as config_mod
+from r2p1d_batch import query
+from r2p1d_batch.manifest import ManifestError, read_manifest
+from r2p1d_batch.pipeline import local_runtime_env
+from r2p1d_batch.stages import decode_video
+from r2p1d_batch.storage import aws_env, filesystem, resolve, storage_options
+from tests.s3_fixtures import _proxy_server, moto_s3, s3_env, s3_proxy  # noqa: F401 (fixtures)
+from tests.synth import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(endpoint: str, **storage):
+    overrides = [f"storage.endpoint_url={endpoint}"] + [f"storage.{k}={v}" for k, v in storage.items()]
+    return config_mod.load(None, overrides)
+
+
+def _rows(cfg, uri: str, **row):
+    out = list(decode_video({"video_id": "v", "uri": uri, "start_sec": None, "end_sec": None, **row}, cfg))
+    return [r for r in out if r["kind"] == "clip"], out[-1]
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("v") / "small.mp4", n_frames=45, fps=30)
+
+
+# -- options, env, runtime_env -----------------------------------------------------------------
+def test_options_come_from_config_then_env(monkeypatch):
+    env = {"AWS_ENDPOINT_URL": "http://env:9000", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "p1"}
+    cfg = config_mod.StorageConfig(region="us-west-2", max_attempts=4, block_size_mb=2)
+    r = resolve(cfg, env)
+    assert (r.endpoint_url, r.region, r.profile) == ("http://env:9000", "us-west-2", "p1")
+    assert resolve(config_mod.StorageConfig(endpoint_url="http://cfg:1"), env).endpoint_url == "http://cfg:1"
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    opts = storage_options("s3://b/k", cfg)
+    assert opts["client_kwargs"] == {"endpoint_url": "http://env:9000", "region_name": "us-west-2"}
+    assert opts["config_kwargs"]["retries"] == {"max_attempts": 4, "mode": "adaptive"}
+    assert opts["default_block_size"] == 2 * 2**20 and opts["default_cache_type"] == "readahead"
+    assert opts["profile"] == "p1"
+    assert storage_options("/local/file.mp4", cfg) == {}
+
+
+def test_local_runtime_env_carries_aws_vars_and_never_logs_them(caplog):
+    env = {"AWS_ACCESS_KEY_ID": "AKIDSECRET1", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "tok",
+           "AWS_ENDPOINT_URL": "http://x:1", "AWS_PROFILE": "p", "HOME": "/root", "PYTHONPATH": "/a"}
+    with caplog.at_level(logging.INFO, logger="r2p1d_batch"):
+        renv = local_runtime_env(env)
+    ev = renv["env_vars"]
+    assert {k: ev[k] for k in aws_env(env)} == aws_env(env) and len(aws_env(env)) == 5
+    assert "HOME" not in ev and ev["PYTHONPATH"].endswith(os.pathsep + "/a")
+    assert "AWS_SECRET_ACCESS_KEY" in caplog.text
+    for secret in ("AKIDSECRET1", "s3cr3t", "tok"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.ray
+def test_runtime_env_reaches_ray_workers():
+    """The values a worker sees come from the runtime_env, not from inheriting the driver env."""
+    import ray
+
+    fake = {"AWS_ACCESS_KEY_ID": "only-in-runtime-env", "AWS_REGION": "ap-south-1"}
+    assert os.environ.get("AWS_ACCESS_KEY_ID") != fake["AWS_ACCESS_KEY_ID"]
+    renv = local_runtime_env({**fake, "PYTHONPATH": str(ROOT)})
+    probe = ray.remote(lambda: {k: os.environ.get(k) for k in fake})
+    if ray.is_initialized():  # the session's shared Ray: the same dict, as a task runtime_env
+        got = ray.get(probe.options(runtime_env=renv).remote())
+    else:  # as init_ray does it: the job-level runtime_env
+        ray.init(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False, runtime_env=renv)
+        try:
+            got = ray.get(probe.remote())
+        finally:
+            ray.shutdown()
+    assert got == fake
+
+
+# -- reading from S3 ---------------------------------------------------------------------------
+def test_manifest_on_s3(s3_env, tmp_path):
+    s3_env.bucket("manif")
+    local = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": ["s3://x/a.mp4", "s3://x/b.mp4"], "video_id": ["a", "b"]}), local)
+    uri = s3_env.put("manif", "manifests/day.parquet", local)
+    t = read_manifest(uri)
+    assert t.column("video_id").to_pylist() == ["a", "b"]
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest("s3://mf/manifests/nope.parquet")
+
+
+def test_decode_streams_a_few_blocks_of_a_large_object(s3_env, s3_proxy, tmp_path):
+    """Two clips of a ~20 MB object: ranged reads fetch a few 1 MiB blocks, not the object;
+    the clips are identical to decoding the local file."""
+    s3_env.bucket("big")
+    path = make_video(tmp_path / "big.mp4", n_frames=900, fps=30, size=(160, 120), pattern="noise")
+    size = path.stat().st_size
+    uri = s3_env.put("big", "videos/big.mp4", path)
+    cfg = _cfg(s3_proxy.endpoint, block_size_mb=1).model_copy(
+        update={"sampling": config_mod.SamplingConfig(mode="uniform", num_clips=2)})
+    clips, video = _rows(cfg, uri)
+    assert video["status"] == "ok", video["error"]
+    assert len(clips) == 2
+    assert s3_proxy.bytes_down < 0.25 * size, (s3_proxy.bytes_down, size)
+    ranged = [line for line in s3_proxy.request_lines if line.startswith("GET /big/videos/big.mp4")]
+    assert ranged, s3_proxy.request_lines
+    local_clips, _ = _rows(cfg, str(path))
+    assert [c["clip_sha"] for c in clips] == [c["clip_sha"] for c in local_clips]
+    print(f"read {s3_proxy.bytes_down / 2**20:.2f} MiB of a {size / 2**20:.2f} MiB object "
+          f"in {len(ranged)} GETs for 2 clips")
+
+
+def test_missing_object_and_unreadable_bucket_are_error_rows(s3_env, small_video):
+    s3_env.bucket("media")
+    s3_env.bucket("locked")
+    s3_env.put("locked", "a.mp4", small_video)
+    s3_env.deny_reads("locked")
+    cfg = _cfg(s3_env.endpoint)
+    _, missing = _rows(cfg, "s3://media/nope.mp4")
+    assert (missing["status"], missing["error_class"]) == ("error", "NotFound")
+    assert "s3://media/nope.mp4" in missing["error"] and "S3 said" in missing["error"]
+    _, nobucket = _rows(cfg, "s3://no-such-bucket/a.mp4")
+    assert nobucket["error_class"] == "NotFound" and "bucket does not exist" in nobucket["error"]
+    _, denied = _rows(cfg, "s3://locked/a.mp4")
+    assert (denied["status"], denied["error_class"]) == ("error", "AccessDenied")
+    assert "403" in denied["error"] or "Forbidden" in denied["error"], denied["error"]
+
+
+def test_transient_faults_are_retried(s3_env, s3_proxy, small_video):
+    s3_env.bucket("media")
+    uri = s3_env.put("media", "videos/retry.mp4", small_video)
+    s3_proxy.fail(2, match="/media/videos/retry.mp4", mode="503")
+    s3_proxy.fail(1, match="/media/videos/retry.mp4", mode="drop")
+    clips, video = _rows(_cfg(s3_proxy.endpoint), uri)
+    assert video["status"] == "ok", video["error"]
+    assert len(clips) == 1
+    assert [m for m, _ in s3_proxy.injected] == ["503", "503", "drop"]
+    assert s3_proxy.pending_faults == 0
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])  # GET: fails inside PyAV's reads
+def test_retries_exhausted_is_an_error_row_with_the_s3_code(s3_env, s3_proxy, small_video, method):
+    s3_env.bucket("media")
+    uri = s3_env.put("media", "videos/slow.mp4", small_video)
+    s3_proxy.fail(100, match=f"{method} /media/videos/slow.mp4", mode="503")
+    _, video = _rows(_cfg(s3_proxy.endpoint, max_attempts=2), uri)
+    assert (video["status"], video["error_class"]) == ("error", "StorageError")
+    assert "SlowDown" in video["error"] or "503" in video["error"], video["error"]
+
+
+def test_anonymous_reads_of_a_public_bucket(s3_env, small_video, monkeypatch):
+    s3_env.bucket("public")
+    pub = s3_env.put("public", "open.mp4", small_video, public=True)
+    priv = s3_env.put("public", "closed.mp4", small_video)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # anon needs no credentials
+        monkeypatch.delenv(k)
+    cfg = _cfg(s3_env.endpoint, anon="true")
+    clips, video = _rows(cfg, pub)
+    assert video["status"] == "ok" and len(clips) == 1
+    _, closed = _rows(cfg, priv)
+    assert closed["error_class"] == "AccessDenied"
+
+
+# -- end to end: jobs/label.py on local Ray, read back with jobs/query.py -----------------------
+def _job_env(s3, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(s3.env, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+               PYTHONPATH=str(ROOT), RAY_ADDRESS="", **extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def _label(manifest: str, output: str, env: dict, *sets: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "jobs" / "label.py"), manifest, "--output", output,
+           "--set", "model.weights=random", "--set", "ray.num_cpus=2", "--set", "ray.progress_bars=false",
+           "--set", "ray.object_store_memory_mb=200", *[a for s in sets for a in ("--set", s)]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _query(output: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "jobs" / "query.py"), output, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.ray
+def test_end_to_end_s3_manifest_videos_and_output(s3_env, s3_proxy, tmp_path):
+    s3 = s3_env
+    s3.bucket("lab")
+    s3.bucket("locked")
+    uris = []
+    for i in range(2):
+        v = make_video(tmp_path / f"v{i}.mp4", n_frames=45, fps=30, seed=i)
+        uris.append(s3.put("lab", f"videos/v{i}.mp4", v))
+    s3.put("locked", "secret.mp4", tmp_path / "v0.mp4")
+    s3.deny_reads("locked")
+    uris += ["s3://lab/videos/missing.mp4", "s3://locked/secret.mp4"]
+    ids = ["v0", "v1", "missing", "locked"]
+    pq.write_table(pa.table({"video_id": ids, "uri": uris, "camera": ["a", "b", "c", "d"]}), tmp_path / "day.parquet")
+    manifest = s3.put("lab", "manifests/day.parquet", tmp_path / "day.parquet")
+    # Transient faults on the workers' video reads: the retries must absorb them.
+    s3_proxy.fail(2, match="/lab/videos/v", mode="503")
+    s3_proxy.fail(1, match="/lab/videos/v", mode="drop")
+    env = _job_env(s3, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+
+    res = _label(manifest, "s3://lab/labels", env)
+    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+    assert "committed" in res.stdout and "ok 2, error 2" in res.stdout, res.stdout
+    assert len(s3_proxy.injected) == 3 and s3_proxy.pending_faults == 0
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in res.stdout + res.stderr
+
+    fs, _ = filesystem("s3://lab/labels", config_mod.StorageConfig(endpoint_url=s3.endpoint))
+    assert not fs.glob("lab/labels/_staging/**"), "staging left behind"
+
+    out = _query("s3://lab/labels", env, "--report", "failed", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    failed = {r["video_id"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert failed["missing"]["error_class"] == "NotFound" and "s3://lab/videos/missing.mp4" in failed["missing"]["error"]
+    assert failed["locked"]["error_class"] == "AccessDenied"
+    assert set(failed) == {"missing", "locked"}
+
+    out = _query("s3://lab/labels", env, "SELECT count(*) AS n, count(DISTINCT video_id) AS v, "
+                 "count(DISTINCT run_id) AS runs FROM clips", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"n": 2, "v": 2, "runs": 1}
+    out = _query("s3://lab/labels", env, "--report", "labels")
+    assert out.returncode == 0 and "mean_score" in out.stdout, out.stderr
+
+
+@pytest.mark.ray
+def test_end_to_end_local_manifest_s3_videos_local_output(s3_env, tmp_path, small_video):
+    """Endpoint only in the config (no AWS_ENDPOINT_URL): it reaches the workers inside cfg."""
+    s3_env.bucket("mix")
+    uri = s3_env.put("mix", "clips/a.mp4", small_video)
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"video_id": ["s3", "local"], "uri": [uri, str(small_video)]}), manifest)
+    out_dir = tmp_path / "out"
+    env = _job_env(s3_env, AWS_ENDPOINT_URL=None)
+    assert "AWS_ENDPOINT_URL" not in env
+    res = _label(str(manifest), str(out_dir), env, f"storage.endpoint_url={s3_env.endpoint}")
+    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+    assert "ok 2, error 0" in res.stdout, res.stdout
+    print(res.stdout)
+
+    con = query.connect(str(out_dir))
+    assert con.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchall()[0][0] == 2
+    (run_id,) = con.execute("SELECT run_id FROM runs").fetchall()[0]
+    sha = dict(con.sql("SELECT video_id, clip_sha FROM clips").fetchall())
+    assert sha["s3"] == sha["local"]  # same bytes, read from S3 or from disk
+    timeline = query.report(con, "timeline", video_id="s3").fetchall()
+    assert len(timeline) == 1 and timeline[0][-1] == run_id
+
+    # A run that is not in the committed-runs record stays invisible.
+    ghost = out_dir / "clips" / "run_id=ghost"
+    ghost.mkdir()
+    src = next((out_dir / "clips" / f"run_id={run_id}").glob("*.parquet"))
+    ghost.joinpath("part-00000.parquet").write_bytes(src.read_bytes())
+    assert query.connect(str(out_dir)).execute("SELECT count(*) FROM clips").fetchall()[0][0] == 2
+
+
+def test_query_without_a_committed_run_says_so(tmp_path, s3_env):
+    (tmp_path / "clips" / "run_id=half").mkdir(parents=True)
+    with pytest.raises(query.NoCommittedRuns, match="no committed run"):
+        query.connect(str(tmp_path))
+    res = _query(str(tmp_path), _job_env(s3_env), "--report", "labels")
+    assert res.returncode == 2 and "no committed run" in res.stderr
+    s3_env.bucket("empty-out")
+    res = _query("s3://empty-out/labels", _job_env(s3_env), "SELECT 1")
+    assert res.returncode == 2 and "no committed run" in res.stderr, res.stderr
