@@ -45,6 +45,7 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
 
     def section(name, rows, notes=(), **extra):
         result["sections"][name] = {"rows": rows, "notes": list(notes), **extra}
+        write_json(result, out)  # after every section: a long run that dies still leaves figures
         print(format_report({"machine": result["machine"], "sections": {name: result["sections"][name]}}).split("\n", 1)[1],
               flush=True)
 
