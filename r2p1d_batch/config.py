@@ -61,8 +61,10 @@ class SamplingConfig(_Section):
 
 class DecodeConfig(_Section):
     # exact: torch bilinear without antialias, identical to the torchvision preset;
-    # cv2: OpenCV INTER_LINEAR on uint8, within 1 grey level of the preset and ~100x cheaper.
-    scaler: Literal["exact", "cv2"] = "exact"
+    # cv2: OpenCV INTER_LINEAR on uint8, within 1 grey level of the preset and ~100x cheaper;
+    # swscale: FFmpeg converts and scales in one pass at the small size (fastest; different
+    # pixels, see docs/bench.md for how often it changes the top-1 label).
+    scaler: Literal["exact", "cv2", "swscale"] = "exact"
     threads: int = Field(1, ge=0, le=64)  # FFmpeg decoder threads per task (0 = FFmpeg picks)
     num_cpus: float = Field(1.0, gt=0)
     concurrency: Concurrency = None
@@ -74,14 +76,23 @@ class DecodeConfig(_Section):
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
 
 
+# Default clips per classifier batch. GPU: r2plus1d_18 in bf16 reaches its throughput plateau
+# at 32-128 on an H100 (8.4 GB at 128). CPU: big enough to amortise per-call overhead, small
+# enough that a batch does not wait long for decode.
+GPU_BATCH_SIZE = 64
+CPU_BATCH_SIZE = 8
+
+
 class ModelConfig(_Section):
     # kinetics400: torchvision's enum (hub cache, or download where allowed);
     # random: seeded random init, marked in every output row; anything else: a checkpoint path.
     weights: str = "kinetics400"
     seed: int = 0
-    runtime: Literal["auto", "torch"] = "auto"
+    # auto: onnxruntime on CPU actors, torch on CUDA actors.
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, ge=1, le=4096)
+    # None: per device, GPU_BATCH_SIZE for GPU actors (num_gpus > 0), CPU_BATCH_SIZE otherwise.
+    batch_size: Optional[int] = Field(None, ge=1, le=4096)
     num_gpus: float = Field(0, ge=0)
     num_cpus: float = Field(1.0, gt=0)
     concurrency: Concurrency = 1
@@ -89,6 +100,12 @@ class ModelConfig(_Section):
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # CUDA only; CPU runs fp32
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
+
+    @property
+    def effective_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return GPU_BATCH_SIZE if self.num_gpus > 0 else CPU_BATCH_SIZE
 
     @field_validator("weights")
     @classmethod

@@ -127,7 +127,7 @@ def run(cfg: Config) -> RunSummary:
     ds = ds.map_batches(
         ClassifierActor,
         fn_constructor_kwargs={"cfg": cfg},
-        batch_size=cfg.model.batch_size,
+        batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
         num_cpus=cfg.model.num_cpus,
         num_gpus=cfg.model.num_gpus or None,

@@ -1,0 +1,96 @@
+"""Run the benchmark sections for a mode (tiny | quick | full) and report them."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import inputs
+from .report import format_report, machine, write_json
+
+SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory"]
+
+
+@dataclass(frozen=True)
+class Mode:
+    decode_videos: tuple[tuple[str, int], ...]  # (kind, seconds of file)
+    decode_seconds: float | None  # decode this much of each (None: all)
+    sparse_video: tuple[str, int]
+    fidelity_clips: int
+    model_iters: int
+    model_batch: int | None  # None: the configured batch size
+    e2e_videos: tuple[tuple[str, int], ...]
+    e2e_stride: float
+    memory_videos: tuple[tuple[str, int], ...]
+    memory_stride: float
+
+
+MODES = {
+    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 1, 2, (), 1.0, (), 60.0),
+    "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 1, None,
+                  (("360p", 60), ("360p", 60)), 2.0, (("1080p", 60), ("1080p", 1800)), 60.0),
+    "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 3, None,
+                 (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0,
+                 (("1080p", 60), ("1080p", 1800)), 30.0),
+}
+
+
+def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "random", inputs_dir=None,
+        out: str = "bench.json") -> dict:
+    from .. import config as config_mod
+
+    m = MODES[mode]
+    vid = lambda k_s: inputs.video(k_s[0], k_s[1], inputs_dir)  # noqa: E731
+    result = {"mode": mode, "machine": machine(), "sections": {}}
+    t0 = time.perf_counter()
+
+    def section(name, rows, notes=(), **extra):
+        result["sections"][name] = {"rows": rows, "notes": list(notes), **extra}
+        write_json(result, out)  # after every section: a long run that dies still leaves figures
+        print(format_report({"machine": result["machine"], "sections": {name: result["sections"][name]}}).split("\n", 1)[1],
+              flush=True)
+
+    if "decode" in sections:
+        from .decode import throughput_rows
+
+        rows, notes = throughput_rows({f"{k}": vid((k, s)) for k, s in m.decode_videos}, threads, m.decode_seconds)
+        section("decode", rows, notes + [f"frames/s over {f'the first {m.decode_seconds:g} s' if m.decode_seconds else 'the whole file'}; every frame "
+                                         "converted and resized to 112x112 clips (ours) / RGB24 (ffmpeg, decord)"])
+    if "sparse" in sections:
+        from .decode import sparse_row
+
+        section("sparse", [sparse_row(vid(m.sparse_video))],
+                ["full decode = every frame decoded, none converted (a lower bound for any full decode)"])
+    if "fidelity" in sections:
+        from .decode import fidelity_rows
+
+        rows = []
+        for k, s in m.decode_videos:
+            rows += fidelity_rows(vid((k, s)), m.fidelity_clips, weights)
+        section("fidelity", rows, ["vs the exact (preset) path on the same clips; top1_changed is the share of "
+                                   "clips whose top-1 label differs (random weights: an upper bound, near-uniform scores flip easily)"])
+    if "model" in sections:
+        from .model import runtime_rows
+
+        batch = m.model_batch or config_mod.load().model.effective_batch_size
+        import os
+
+        section("model", runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_iters, weights),
+                [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips"])
+    if "e2e" in sections and m.e2e_videos:
+        from .e2e import e2e_rows
+
+        rows, notes = e2e_rows([vid(v) for v in m.e2e_videos],
+                               [f"model.weights={weights}", f"sampling.stride_sec={m.e2e_stride}", "ray.num_cpus=2",
+                                "ray.object_store_memory_mb=300"], naive_threads=2)
+        section("e2e", rows, notes)
+    if "memory" in sections and m.memory_videos:
+        from .memory import memory_rows
+
+        rows, notes = memory_rows({f"{k}-{s}s": vid((k, s)) for k, s in m.memory_videos},
+                                  [f"model.weights={weights}", f"sampling.stride_sec={m.memory_stride}",
+                                   "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
+        section("memory", rows, notes)
+    result["wall_s"] = time.perf_counter() - t0
+    write_json(result, out)
+    print(f"\nwrote {out} ({result['wall_s']:.0f} s)")
+    return result
