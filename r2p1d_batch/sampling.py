@@ -13,8 +13,9 @@ from typing import Optional
 
 from .config import SamplingConfig
 
-# Frame timestamps and target times are compared with this slack: k/15 and 2k/30 must meet.
-EPS = 1e-4
+# Slack when comparing frame timestamps with target times: k/15 and 2k/30 must meet, also
+# in containers that round timestamps to milliseconds (Matroska, WebM).
+EPS = 1e-3
 
 
 class ShortVideoError(ValueError):

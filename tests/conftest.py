@@ -1,0 +1,38 @@
+"""Shared fixtures: synthetic videos and one local Ray for in-process pipeline tests."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from synth import ...`
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the whole session (2 CPUs, small object store)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=300 * 2**20,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def job_env():
+    """Environment for running jobs/*.py as subprocesses against their own local Ray."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
