@@ -57,7 +57,15 @@ def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    # One thread: torch's CPU kernel rounds differently when split over threads (~3e-5, enough
+    # to flip a pixel at .5), and clip_sha must not depend on the process's thread count
+    # (a Ray decode task has 1, the audit's re-decode may have more).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    finally:
+        torch.set_num_threads(threads)
     return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 

@@ -62,6 +62,8 @@ def device_graph(weights: str, seed: int, weights_id: str, directory: Path, stor
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     t0 = time.perf_counter()
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's pass-by-pass INFO chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     export_onnx(loaded.module, tmp)
     os.replace(tmp, path)
     log.info("exported the device graph for %s to %s in %.1f s", weights_id, path, time.perf_counter() - t0)

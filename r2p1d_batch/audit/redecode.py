@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import DecodeConfig, SamplingConfig
 from ..decode import DecodeError, VideoSource
-from ..sampling import ClipWindow, plan_clips
+from ..sampling import EPS, ClipWindow, plan_clips
 from ..storage import filesystem, fingerprint, is_local
 
 log = logging.getLogger("r2p1d_batch.audit")
@@ -54,7 +54,7 @@ def _windows(rows: list[dict], video: VideoSource, sampling: SamplingConfig) -> 
             if row["clip_index"] >= len(plan):
                 raise DecodeError(f"{row['uri']}: clip {row['clip_index']} is no longer in the video", "Changed")
             times.append(plan[row["clip_index"]].times)
-    end = max(max(t) for t in times) + 1e-3  # past every target: no padding, stop after the last
+    end = max(max(t) for t in times) + 4 * EPS  # past every target (no padding), stop soon after
     order = sorted(range(len(rows)), key=lambda i: times[i][0])
     return [ClipWindow(i, times[i], end) for i in order]
 
