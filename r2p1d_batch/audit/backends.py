@@ -157,12 +157,16 @@ class ReplayBackend:
         """Keep the outputs of these sample positions (clips whose input was verified again)."""
         self.logits = self.logits[np.asarray(positions, dtype=np.int64)]
 
-    def run(self, clips_01: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        if len(self.logits) != len(clips_01):
+    def check(self, n: int) -> None:
+        """Fail before the host reference is computed when the outputs cannot be these clips."""
+        if len(self.logits) != n:
             raise AuditError(
-                f"the device outputs hold {len(self.logits)} clips but {len(clips_01)} were verified for this "
+                f"the device outputs hold {len(self.logits)} clips but {n} were verified for this "
                 f"audit: rerun with the --sample and --seed the outputs were made with (or replay an "
                 f"audit's device_outputs.npz, which names its clips)")
+
+    def run(self, clips_01: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        self.check(len(clips_01))
         report = {"backend": self.name, "device": self.meta.get("device", "replayed"),
                   "runtime": self.meta.get("runtime", "replayed"), "device_outputs": self.paths}
         return self.logits, report

@@ -137,7 +137,7 @@ def write(output: str, audit_id: str, rows: list[dict], summary: dict, device: d
     diffs = np.concatenate([np.abs(np.subtract(r["device_logits"], r["host_logits"])) for r in rows
                             if r["device_logits"] is not None] or [np.zeros(0)])
     with fs.open(join(directory, "summary.json"), "w") as f:
-        json.dump(_json_safe(summary), f, indent=2, sort_keys=True)
+        json.dump(_json_safe(summary), f, indent=2, sort_keys=True, default=str)
     with fs.open(join(directory, "summary.md"), "w") as f:
         f.write(markdown(summary, diffs))
     return join(output.rstrip("/"), AUDITS_DIR, f"audit_id={audit_id}")

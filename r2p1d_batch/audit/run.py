@@ -117,6 +117,10 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
     log.info("audit %s: %d of %d committed clips sampled; re-decoding from source", audit_id, len(rows), table.num_rows)
     checked: list[Redecoded] = redecode(rows, runs, cfg.storage)
     ok = [i for i, r in enumerate(checked) if r.status == OK]
+    if keys:  # the replayed file names every sampled clip: keep the verified ones
+        backend.keep(ok)
+    if isinstance(backend, ReplayBackend):
+        backend.check(len(ok))
     clips_u8 = np.stack([checked[i].frames for i in ok]) if ok else np.zeros((0, 16, 112, 112, 3), np.uint8)
 
     # Stage 2: host reference (PyTorch, same weights, uint8 through Normalize).
@@ -124,8 +128,6 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
             if ok else np.zeros((0, len(labels)), np.float32))
 
     # Stage 3: the device (float [0, 1] NCTHW; the device graph normalises inside).
-    if keys:  # the replayed file names every sampled clip: keep the verified ones
-        backend.keep(ok)
     if ok:
         clips_01 = clips_u8.transpose(0, 4, 1, 2, 3).astype(np.float32) / np.float32(255.0)
         device, backend_report = backend.run(clips_01)
