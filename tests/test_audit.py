@@ -302,6 +302,16 @@ def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, mo
     assert summary["passed"] and summary["metrics"]["psnr_db_min"] > 60  # the emulator runs ORT
     assert len(hub.jobs_of_kind("inference_job")) == 3  # 2 chunks + the profile job
 
+    # jobs/export.py's device path (compile + profile job) on the graph the audit exported.
+    spec = importlib.util.spec_from_file_location("export_cli", REPO / "jobs" / "export.py")
+    export_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_cli)
+    graph = next((labeled["cache"] / "onnx").glob("*.onnx"))
+    res = export_cli.on_device(graph, DEVICE, "qnn")
+    shown = capsys.readouterr().out
+    assert res["compile_job"]["job_id"] in shown and res["profile"]["url"] in shown
+    assert res["profile"]["inference_ms"] > 0 and "--target_runtime qnn_dlc" in res["compile_options"]
+
     # Unknown device: exit 2, close matches listed.
     rc = cli.main(_args(labeled, None, "--backend", "qai-hub", "--device", "Samsung Galaxy S24"))
     err = capsys.readouterr().err
