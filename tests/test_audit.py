@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "label.py"), str(manifest), "--output", str(out),

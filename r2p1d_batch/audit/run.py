@@ -6,6 +6,7 @@ errors (nothing to audit, no AI Hub token, unknown device...) raise; the CLI map
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -60,8 +61,6 @@ def _replay_sample(table: pa.Table, keys: dict) -> pa.Table:
 
 def host_logits(clips_u8: np.ndarray, run: dict, weights_id: str, batch_size: int, storage=None) -> np.ndarray:
     """The host reference: the run's weights in PyTorch fp32 on the CPU, uint8 -> Normalize."""
-    import os
-
     from ..classify import ClipClassifier
 
     model_cfg = dict((run.get("config") or {}).get("model") or {})
