@@ -12,5 +12,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "[install] creating .venv from requirements.lock (torch is large: a few minutes)" >&2
 "$py" -m venv .venv
-.venv/bin/python -m pip install -q -r requirements.lock
+.venv/bin/python -m pip install -q -r requirements.lock 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "$want" > "$stamp"

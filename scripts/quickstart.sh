@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command: install .venv, make a sample manifest, label it on a local Ray, query the result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+PY=.venv/bin/python
+SAMPLE="${SAMPLE_DIR:-sample}"
+rm -rf "$SAMPLE/out"
+$PY jobs/make_sample.py "$SAMPLE" --videos 4 --seconds 3 --bad >/dev/null
+if $PY jobs/fetch_weights.py >/dev/null 2>"$SAMPLE/weights.log"; then
+  WEIGHTS=kinetics400
+else
+  WEIGHTS=random
+  echo "NOTE: Kinetics-400 weights are not cached and cannot be downloaded here (no internet)."
+  echo "      Falling back to model.weights=random: the labels below are MEANINGLESS; every row says so."
+  echo "      To use the real weights: see $SAMPLE/weights.log"
+fi
+$PY jobs/label.py "$SAMPLE/manifest.parquet" --output "$SAMPLE/out" \
+  --set model.weights=$WEIGHTS --set ray.progress_bars=false --log-level WARNING
+echo
+echo "== DuckDB: SELECT label, count(*) ... FROM '$SAMPLE/out/clips/**/*.parquet'"
+$PY - "$SAMPLE/out" <<'PYEOF'
+import sys, duckdb
+out = sys.argv[1]
+con = duckdb.connect()
+con.sql(f"SELECT label, count(*) AS clips, round(avg(score), 4) AS avg_score, any_value(weights) AS weights "
+        f"FROM read_parquet('{out}/clips/**/*.parquet', hive_partitioning=true) GROUP BY label ORDER BY clips DESC").show()
+con.sql(f"SELECT video_id, status, num_clips, label, error FROM read_parquet('{out}/videos/**/*.parquet', "
+        f"hive_partitioning=true, union_by_name=true) ORDER BY status DESC, video_id").show(max_width=160)
+PYEOF
