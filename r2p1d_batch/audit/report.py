@@ -97,9 +97,9 @@ def markdown(summary: dict, diffs: np.ndarray) -> str:
         lines += ["", f"Median cosine {_fmt(m['cosine_median'])}, median PSNR {_fmt(m['psnr_db_median'])} dB, "
                       f"max |d| {_fmt(m['max_abs_diff'])} over {m['clips']} clips."]
     jobs = []
-    for key in ("compile_job", "profile"):
+    for key, what in (("compile_job", "compile job"), ("profile", "profile job")):
         if isinstance(b.get(key), dict) and b[key].get("job_id"):
-            jobs.append(f"- {key.replace('_', ' ')}: `{b[key]['job_id']}` {b[key].get('url', '')}")
+            jobs.append(f"- {what}: `{b[key]['job_id']}` {b[key].get('url', '')}")
     for j in b.get("inference_jobs") or []:
         jobs.append(f"- inference job: `{j.get('job_id')}` ({j.get('num_clips')} clips) {j.get('url', '')}")
     if jobs:
