@@ -135,6 +135,35 @@ class OutputConfig(_Section):
     rows_per_file: int = Field(200_000, ge=1)
 
 
+class AuditThresholds(_Section):
+    # Fractions over the verified clips (device vs host reference, same input):
+    min_top1_agreement: float = Field(0.95, ge=0, le=1)
+    min_top5_overlap: float = Field(0.90, ge=0, le=1)  # mean |top5 device & top5 host| / 5
+    # Worst clip: every verified clip must reach these.
+    min_cosine: float = Field(0.99, ge=-1, le=1)
+    min_psnr_db: float = 30.0  # 20*log10(max|ref| / RMSE), as the model zoo measures it
+    # Host reference (PyTorch, fp32) vs the labels stored by the run (a GPU run in bf16 may
+    # flip near-ties, hence not 1.0).
+    min_host_label_agreement: float = Field(0.98, ge=0, le=1)
+    # Sampled clips whose input could not be re-created (source gone, changed or undecodable).
+    max_unverified: int = Field(0, ge=0)
+
+
+class AuditConfig(_Section):
+    sample: int = Field(64, ge=1, le=100_000)  # clips, stratified by stored label
+    seed: int = 0
+    run_id: Optional[str] = None  # null: every committed run (they must share weights)
+    backend: Literal["onnxruntime", "qai-hub", "replay"] = "onnxruntime"
+    device: str = "Samsung Galaxy S24 (Family)"  # AI Hub device name
+    runtime: Literal["tflite", "qnn", "onnx"] = "tflite"  # AI Hub target runtime
+    chunk_clips: int = Field(50, ge=1, le=110)  # clips per inference job (2.3 MiB each)
+    profile: bool = False  # also run an AI Hub profile job (latency, memory)
+    device_outputs: list[str] = []  # replay: .h5 (AI Hub download) or .npz files, in order
+    cache_dir: Optional[str] = None  # exported ONNX graphs; null: ~/.cache/r2p1d_batch
+    host_batch_size: int = Field(8, ge=1, le=1024)
+    thresholds: AuditThresholds = AuditThresholds()
+
+
 class Config(_Section):
     manifest: str = ""
     ray: RayConfig = RayConfig()
@@ -143,6 +172,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     storage: StorageConfig = StorageConfig()
     output: OutputConfig = OutputConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _gpu_needs_cuda(self) -> "Config":
@@ -156,11 +186,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key.sub=value, got {text!r}")
+    keys = key.strip().split(".")
     value = yaml.safe_load(raw) if raw.strip() else ""
-    # Paths and ids stay strings even when YAML would read them as something else.
-    if key.strip().endswith(("weights", "path", "manifest", "address", "endpoint_url", "profile")) and value is not None:
+    if value is not None and _is_string_field(keys):
         value = raw.strip()
-    return key.strip().split("."), value
+    return keys, value
+
+
+def _is_string_field(keys: list[str]) -> bool:
+    """Paths, ids and names stay strings even when YAML would read them as a number or bool."""
+    model: Any = Config
+    for k in keys:
+        field = getattr(model, "model_fields", {}).get(k)
+        if field is None:
+            return False
+        model = field.annotation
+    return model in (str, Optional[str])
 
 
 def _apply(tree: dict, keys: list[str], value: Any, text: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from .config import DecodeConfig
-from .preprocess import FrameTransform, limit_torch_threads
+from .preprocess import FrameTransform
 from .sampling import EPS, ClipWindow
 
 
@@ -102,8 +102,6 @@ class VideoSource:
         # One reformatter per stream: PyAV's frame.to_ndarray builds a new swscale context per
         # frame (~8 ms at 720p); a shared one caches it. Same pixels.
         self._reformatter = VideoReformatter()
-        if cfg.scaler == "exact":
-            limit_torch_threads(1)
         self._seen_frame = False
         self.info = self._probe()
 

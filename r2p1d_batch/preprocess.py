@@ -55,23 +55,24 @@ class FrameTransform:
         return np.ascontiguousarray(small[top : top + self.crop[0], left : left + self.crop[1]])
 
 
-def limit_torch_threads(n: int) -> None:
-    """Keep torch's intra-op pool within the CPUs the decode task was given. A per-frame resize
-    is too small to split: extra threads only spin against the decoder (measured 20x slower on
-    a loaded 2-core machine with torch's default pool)."""
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
 def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """torch bilinear, align_corners=False, antialias=False, float then round: the preset's pixels."""
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    # One thread: torch's CPU kernel rounds differently when split over threads (~3e-5, enough
+    # to flip a pixel at .5), and clip_sha must not depend on the process's thread count
+    # (a Ray decode task has 1, the audit's re-decode may have more). A per-frame resize is
+    # too small to split anyway: extra threads only spin against the decoder.
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
     return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 

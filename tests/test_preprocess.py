@@ -23,7 +23,14 @@ def _frames(seed=0, t=16, h=180, w=320):
 
 def _preset(frames: np.ndarray) -> torch.Tensor:
     vid = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W uint8, as read_video gives
-    return R2Plus1D_18_Weights.KINETICS400_V1.transforms()(vid)  # C, T, H, W float
+    # On one thread, like the exact path: torch's CPU resize rounds a few pixels differently
+    # when split over threads, and clip_sha must not depend on the thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return R2Plus1D_18_Weights.KINETICS400_V1.transforms()(vid)  # C, T, H, W float
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _ours(frames: np.ndarray, scaler="exact") -> tuple[np.ndarray, torch.Tensor]:
