@@ -49,12 +49,10 @@ def _peak_rss_mib() -> float:
 def export(cfg, path: Path) -> tuple[dict, object]:
     import torch
 
-    from r2p1d_batch.audit.hub import export_onnx
+    from r2p1d_batch.export import export_onnx
     from r2p1d_batch.model import load_model
 
     loaded = load_model(cfg.model.weights, cfg.model.seed, cfg.storage)
-    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
     export_onnx(loaded.module, path)
     info = {"onnx": str(path), "weights": loaded.weights_id, "torch": torch.__version__,
@@ -69,7 +67,7 @@ def local(path: Path, module, runs: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from r2p1d_batch.audit.hub import DeviceGraph
+    from r2p1d_batch.export import DeviceGraph
     from r2p1d_batch.audit.metrics import compare
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -76,7 +76,7 @@ class ClipClassifier:
 
         from .export import INPUT_NAME, cached_export
 
-        path = cached_export(loaded.module, self.weights_id, normalize_inside=True)
+        path = cached_export(loaded.module, self.weights_id, graph="uint8")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads  # the CPUs Ray gave this actor, no more
         opts.inter_op_num_threads = 1

@@ -1,9 +1,16 @@
-"""Export R(2+1)D-18 to ONNX: the graph ONNX Runtime runs on CPU workers and the artefact
-compiled for a device. Exports are cached per weights id, so each actor exports at most once
-per machine (and a pool shares one file)."""
+"""Export R(2+1)D-18 to ONNX: the graph ONNX Runtime runs on CPU workers, and the device graph
+compiled for phones (AI Hub) and replayed by the audit. One exporter, two input conventions:
+
+- ``uint8``: uint8 clips (N, T, H, W, C) as the decode stage emits them; the CPU runtime.
+- ``device``: RGB in [0, 1], (N, 3, T, H, W) float32, like the model zoo's resnet_2plus1d.
+
+Both normalise inside the graph with the preset's mean/std and output ``class_probs`` = raw
+logits. Exports are cached per weights id, so each actor exports at most once per machine.
+"""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -11,14 +18,29 @@ from typing import Optional
 
 import torch
 
-from .model import Normalize
+from .model import Normalize, normalization
 
 INPUT_NAME, OUTPUT_NAME = "video", "class_probs"
 OPSET = 17
+CLIP_SHAPE = (3, 16, 112, 112)  # C, T, H, W of one device-graph clip
 
 
-class _NormalizedNet(torch.nn.Module):
-    """uint8 (N, T, H, W, C) in, logits out: normalisation inside the graph."""
+class DeviceGraph(torch.nn.Module):
+    """RGB clips in [0, 1], (N, 3, T, H, W) -> logits, normalising inside the graph."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        mean, std = normalization()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net((video - self.mean) / self.std)
+
+
+class Uint8Graph(torch.nn.Module):
+    """uint8 clips (N, T, H, W, C) -> logits: the classifier's own normalisation, in the graph."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
@@ -28,27 +50,28 @@ class _NormalizedNet(torch.nn.Module):
         return self.net(self.normalize(x))
 
 
-def export_onnx(
-    module: torch.nn.Module,
-    path: str | os.PathLike,
-    *,
-    normalize_inside: bool = False,
-    dynamic_batch: bool = True,
-    clip_shape: tuple[int, int, int] = (16, 112, 112),
-) -> Path:
-    """Write ``module`` (eval mode, CPU) as ONNX. Input ``video``: normalised float NCTHW, or
-    uint8 NTHWC with ``normalize_inside``; output ``class_probs``: raw logits (no softmax),
-    the names qai-hub-models uses. Written to a temp file and renamed: readers never see half."""
+def _example(graph: str) -> torch.Tensor:
+    c, t, h, w = CLIP_SHAPE
+    if graph == "uint8":
+        return torch.zeros((1, t, h, w, c), dtype=torch.uint8)
+    return torch.rand((1, c, t, h, w))
+
+
+def export_onnx(module: torch.nn.Module, path: str | os.PathLike, *, graph: str = "device",
+                dynamic_batch: bool = True) -> Path:
+    """Write ``module`` wrapped as ``graph`` (``device`` | ``uint8``) to ONNX. Written to a temp
+    file and renamed: concurrent readers never see half a file."""
+    wrapper = {"device": DeviceGraph, "uint8": Uint8Graph}[graph]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w = clip_shape
-    net = (_NormalizedNet(module) if normalize_inside else module).eval().cpu()
-    example = torch.zeros((1, t, h, w, 3), dtype=torch.uint8) if normalize_inside else torch.zeros((1, 3, t, h, w))
+    net = wrapper(module).eval().cpu()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's pass-by-pass chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     with torch.inference_mode(False), torch.no_grad():
         # The TorchScript exporter (dynamo=False): seconds for this model, no extra deps.
         torch.onnx.export(
-            net, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            net, (_example(graph),), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
             opset_version=OPSET, dynamo=False,
         )
@@ -60,12 +83,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("R2P1D_ONNX_CACHE") or Path(tempfile.gettempdir()) / "r2p1d_batch-onnx")
 
 
-def cached_export(module: torch.nn.Module, weights_id: str, *, normalize_inside: bool = False,
+def cached_path(weights_id: str, *, graph: str, root: Optional[str | os.PathLike] = None) -> Path:
+    """Where the export of ``weights_id`` lives (keyed by weights, torch version, opset, graph)."""
+    key = f"{weights_id}|torch={torch.__version__}|opset={OPSET}|graph={graph}"
+    return Path(root or cache_dir()) / f"r2plus1d_18-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+
+
+def cached_export(module: torch.nn.Module, weights_id: str, *, graph: str = "uint8",
                   root: Optional[str | os.PathLike] = None) -> Path:
-    """The ONNX file for ``weights_id``, exported on first use (keyed by weights, torch
-    version and options)."""
-    key = f"{weights_id}|torch={torch.__version__}|opset={OPSET}|norm={normalize_inside}"
-    path = Path(root or cache_dir()) / f"r2plus1d_18-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    """The ONNX file for ``weights_id``, exported on first use."""
+    path = cached_path(weights_id, graph=graph, root=root)
     if not path.is_file():
-        export_onnx(module, path, normalize_inside=normalize_inside)
+        export_onnx(module, path, graph=graph)
     return path

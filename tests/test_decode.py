@@ -1,5 +1,4 @@
 """Decode + sampling checked by value: frame i of a synthetic video is grey level(i)."""
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import numpy as np
 
 from conftest import REPO
 from r2p1d_batch.demo import classify_video

@@ -55,10 +55,10 @@ def test_export_cached_once_per_weights(tmp_path):
     from r2p1d_batch.model import load_model
 
     m = load_model("random", 0)
-    p1 = cached_export(m.module, "random:seed=0", normalize_inside=True, root=tmp_path)
+    p1 = cached_export(m.module, "random:seed=0", graph="uint8", root=tmp_path)
     mtime = p1.stat().st_mtime_ns
-    p2 = cached_export(m.module, "random:seed=0", normalize_inside=True, root=tmp_path)
-    p3 = cached_export(m.module, "random:seed=1", normalize_inside=True, root=tmp_path)
+    p2 = cached_export(m.module, "random:seed=0", graph="uint8", root=tmp_path)
+    p3 = cached_export(m.module, "random:seed=1", graph="uint8", root=tmp_path)
     assert p1 == p2 and p2.stat().st_mtime_ns == mtime and p3 != p1
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted({p1.name, p3.name})  # no temp files left
 

@@ -13,7 +13,6 @@ logits, as the model zoo exports it), never the host's uint8 path.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -29,7 +28,6 @@ log = logging.getLogger("r2p1d_batch.audit")
 
 INPUT_NAME, OUTPUT_NAME = "video", "class_probs"
 BACKENDS = ("onnxruntime", "qai-hub", "replay")
-GRAPH_VERSION = "device-graph-v1"  # bump when the exported graph changes
 
 
 class Backend(Protocol):
@@ -46,26 +44,18 @@ def cache_dir(configured: Optional[str]) -> Path:
 
 def device_graph(weights: str, seed: int, weights_id: str, directory: Path, storage=None) -> Path:
     """The device graph (ONNX) for these weights, exported once and cached by weights id."""
-    import torch
+    from ..export import cached_export, cached_path
+    from ..model import load_model
 
-    key = hashlib.sha256(f"{GRAPH_VERSION}|{weights_id}|torch {torch.__version__}".encode()).hexdigest()[:16]
-    path = Path(directory) / f"r2plus1d_18-{key}.onnx"
+    path = cached_path(weights_id, graph="device", root=directory)
     if path.is_file():
         return path
-    from ..model import load_model
-    from .hub import export_onnx
-
     loaded = load_model(weights, seed, storage)
     if loaded.weights_id != weights_id:
         raise AuditError(f"weights {weights!r} now load as {loaded.weights_id}, but the run used {weights_id}: "
                          f"the checkpoint changed since labeling")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     t0 = time.perf_counter()
-    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # the exporter's pass-by-pass INFO chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
-    export_onnx(loaded.module, tmp)
-    os.replace(tmp, path)
+    cached_export(loaded.module, weights_id, graph="device", root=directory)
     log.info("exported the device graph for %s to %s in %.1f s", weights_id, path, time.perf_counter() - t0)
     return path
 

@@ -23,15 +23,10 @@ from typing import Any
 import numpy as np
 import qai_hub
 import requests
-import torch
 from qai_hub import client as hub_client
 from qai_hub import public_rest_api as hub_api
-from torch import nn
-from torchvision.models.video import R2Plus1D_18_Weights
 
-INPUT_NAME = "video"
-OUTPUT_NAME = "class_probs"
-CLIP_SHAPE = (3, 16, 112, 112)  # C, T, H, W of one clip (NCTHW without N)
+from ..export import CLIP_SHAPE, INPUT_NAME, OUTPUT_NAME, DeviceGraph, export_onnx  # noqa: F401 (re-exported)
 CLIP_BYTES = 4 * math.prod(CLIP_SHAPE)  # float32: ~2.3 MiB per clip
 
 # AI Hub uploads go in 256 MiB parts; keeping one dataset near half of that
@@ -67,56 +62,6 @@ class HubError(RuntimeError):
         self.kind = kind
         self.job_id = job_id
         self.url = url
-
-
-# --- the device graph -------------------------------------------------------
-
-
-def kinetics_mean_std() -> tuple[list[float], list[float]]:
-    """Mean/std of the torchvision preset; taken from the weights, never typed."""
-    preset = R2Plus1D_18_Weights.KINETICS400_V1.transforms()
-    return list(preset.mean), list(preset.std)
-
-
-class DeviceGraph(nn.Module):
-    """RGB clips in [0, 1] -> logits, normalising inside the graph (zoo style)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        mean, std = kinetics_mean_std()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.model((video - self.mean) / self.std)
-
-
-def export_onnx(model: nn.Module, path: str | Path, *, dynamo: bool = True) -> Path:
-    """Export `model` wrapped in `DeviceGraph` to ONNX with a dynamic batch dim.
-
-    `dynamo=False` selects the legacy TorchScript exporter (faster, deprecated).
-    AI Hub compiles for batch 1 (see `HubBackend`); the dynamic batch lets the
-    same file serve the host ONNX Runtime backend.
-    """
-    path = Path(path)
-    graph = DeviceGraph(model).eval()
-    example = (torch.rand(1, *CLIP_SHAPE),)
-    common: dict[str, Any] = dict(
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=18
-    )
-    with torch.no_grad():
-        if dynamo:
-            torch.onnx.export(
-                graph, example, str(path), dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), **common,
-            )
-        else:
-            torch.onnx.export(
-                graph, example, str(path), dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common,
-            )
-    return path
 
 
 # --- pure helpers -------------------------------------------------------------
