@@ -17,58 +17,70 @@ MANIFEST_OPTIONAL = {
 
 TOPK = pa.list_(pa.string())
 
+# Where a clip is: shared by the decode stage's rows and the `clips` output.
+CLIP_WHERE = [
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("clip_index", pa.int32()),
+    ("start_sec", pa.float64()),
+    ("end_sec", pa.float64()),
+    ("frame_pts", pa.list_(pa.int64())),  # pts of the source frames, in the stream time base
+    ("padded_frames", pa.int16()),  # frames repeated because the video ended (short_video=pad)
+    ("clip_sha", pa.string()),  # sha256 of the uint8 clip (T,H,W,C), as the model saw it
+]
+
+# What decoding learned about a source: shared by the decode stage's rows and `videos`.
+VIDEO_SOURCE = [
+    ("status", pa.string()),  # ok | error
+    ("error_class", pa.string()),
+    ("error", pa.string()),  # empty when ok
+    ("num_clips", pa.int32()),
+    ("duration_sec", pa.float64()),
+    ("fps", pa.float64()),
+    ("width", pa.int32()),  # after rotation
+    ("height", pa.int32()),
+    ("rotation", pa.int16()),
+    ("codec", pa.string()),
+    ("pix_fmt", pa.string()),
+    ("source_size", pa.int64()),
+    ("source_fingerprint", pa.string()),
+]
+
+PROVENANCE = [
+    ("model", pa.string()),
+    ("weights", pa.string()),
+    ("runtime", pa.string()),
+    ("sampling", pa.string()),
+]
+
+# A clip's scores: top-1 and top-k, best first.
+CLIP_SCORES = [
+    ("label", pa.string()),
+    ("label_id", pa.int16()),
+    ("score", pa.float32()),
+    ("topk_ids", pa.list_(pa.int16())),
+    ("topk_labels", TOPK),
+    ("topk_scores", pa.list_(pa.float32())),
+]
+
 CLIPS = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("clip_index", pa.int32()),
-        ("start_sec", pa.float64()),
-        ("end_sec", pa.float64()),
-        ("frame_pts", pa.list_(pa.int64())),  # pts of the source frames, in the stream time base
-        ("padded_frames", pa.int16()),  # frames repeated because the video ended (short_video=pad)
-        ("clip_sha", pa.string()),  # sha256 of the uint8 clip (T,H,W,C), as the model saw it
-        ("label", pa.string()),
-        ("label_id", pa.int16()),
-        ("score", pa.float32()),
-        ("topk_ids", pa.list_(pa.int16())),
-        ("topk_labels", TOPK),
-        ("topk_scores", pa.list_(pa.float32())),
-        ("model", pa.string()),
-        ("weights", pa.string()),
-        ("runtime", pa.string()),
-        ("sampling", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-    ]
+    CLIP_WHERE
+    + CLIP_SCORES
+    + PROVENANCE
+    + [("created_at", pa.timestamp("us", tz="UTC"))]
 )
 
 VIDEOS = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("status", pa.string()),  # ok | error
-        ("error_class", pa.string()),
-        ("error", pa.string()),  # empty when ok
-        ("num_clips", pa.int32()),
-        ("duration_sec", pa.float64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),  # after rotation
-        ("height", pa.int32()),
-        ("rotation", pa.int16()),
-        ("codec", pa.string()),
-        ("pix_fmt", pa.string()),
-        ("source_size", pa.int64()),
-        ("source_fingerprint", pa.string()),
+    [("video_id", pa.string()), ("uri", pa.string())]
+    + VIDEO_SOURCE
+    + [
         ("label", pa.string()),  # video level: top-1 of the mean clip softmax
         ("score", pa.float32()),
         ("topk_labels", TOPK),
         ("topk_scores", pa.list_(pa.float32())),
-        ("model", pa.string()),
-        ("weights", pa.string()),
-        ("runtime", pa.string()),
-        ("sampling", pa.string()),
-        ("decode_sec", pa.float64()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
     ]
+    + PROVENANCE
+    + [("decode_sec", pa.float64()), ("created_at", pa.timestamp("us", tz="UTC"))]
 )
 
 # Names a manifest's pass-through columns may not take.
@@ -76,45 +88,19 @@ RESERVED = frozenset(VIDEOS.names) | frozenset(CLIPS.names) | {"run_id"}
 
 # What the decode stage emits: one row per clip (kind="clip") plus one per video (kind="video").
 DECODED = pa.schema(
-    [
-        ("kind", pa.string()),
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("clip_index", pa.int32()),
-        ("start_sec", pa.float64()),
-        ("end_sec", pa.float64()),
-        ("frame_pts", pa.list_(pa.int64())),
-        ("padded_frames", pa.int16()),
-        ("clip_sha", pa.string()),
-        ("frames", pa.binary()),  # uint8 (T,112,112,3), C-contiguous
-        ("status", pa.string()),
-        ("error_class", pa.string()),
-        ("error", pa.string()),
-        ("num_clips", pa.int32()),
-        ("duration_sec", pa.float64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("rotation", pa.int16()),
-        ("codec", pa.string()),
-        ("pix_fmt", pa.string()),
-        ("source_size", pa.int64()),
-        ("source_fingerprint", pa.string()),
-        ("decode_sec", pa.float64()),
-    ]
+    [("kind", pa.string())]
+    + CLIP_WHERE
+    + [("frames", pa.binary())]  # uint8 (T,112,112,3), C-contiguous
+    + VIDEO_SOURCE
+    + [("decode_sec", pa.float64())]
 )
 
 # What the classifier stage emits: DECODED without pixels, plus scores. `probs` (the full
 # softmax) only travels to the driver for the video-level mean; it is not written.
 LABELED = pa.schema(
     [f for f in DECODED if f.name != "frames"]
+    + CLIP_SCORES
     + [
-        ("label", pa.string()),
-        ("label_id", pa.int16()),
-        ("score", pa.float32()),
-        ("topk_ids", pa.list_(pa.int16())),
-        ("topk_labels", TOPK),
-        ("topk_scores", pa.list_(pa.float32())),
         ("probs", pa.list_(pa.float32())),
         ("weights", pa.string()),
         ("runtime", pa.string()),

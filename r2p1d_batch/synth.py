@@ -83,3 +83,18 @@ def grey_of(clip_frame: np.ndarray) -> int:
 def frame_index(clip_frame: np.ndarray) -> int:
     """Invert level() for frames < 25."""
     return int(round(grey_of(clip_frame) / 10.0))
+
+
+def make_audio_only(path: Path | str, n_frames: int = 10) -> Path:
+    """An AAC file with no video stream (a manifest row that must become an error row)."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=44100)
+        for i in range(n_frames):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1024
+            for pkt in stream.encode(frame):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return path

@@ -6,7 +6,7 @@ import pytest
 from r2p1d_batch.config import DecodeConfig, SamplingConfig
 from r2p1d_batch.decode import DecodeError, VideoSource, clip_sha, merge_spans
 from r2p1d_batch.sampling import plan_clips
-from synth import frame_index, grey_of, level, make_video
+from synth import frame_index, grey_of, level, make_audio_only, make_video
 
 DEC = DecodeConfig()
 
@@ -110,26 +110,11 @@ def test_frames_over_the_pixel_limit_are_an_error(tmp_path):
     assert e.value.kind == "TooLarge"
 
 
-def _audio_only(path):
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=44100)
-        for i in range(10):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            fr.sample_rate, fr.pts = 44100, i * 1024
-            for p in s.encode(fr):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
-
-
 @pytest.mark.parametrize(
     "make, kind",
     [
         (lambda p: (p.write_text("this is not a video"), p)[1], "InvalidData"),
-        (lambda p: _audio_only(p), "NoVideoStream"),
+        (lambda p: make_audio_only(p), "NoVideoStream"),
         (lambda p: p, "NotFound"),
     ],
 )

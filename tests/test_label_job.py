@@ -3,30 +3,14 @@ import subprocess
 import sys
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from synth import make_video
+from synth import make_audio_only, make_video
 
 pytestmark = pytest.mark.ray
-
-
-def _audio_only(path):
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=44100)
-        for i in range(10):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            fr.sample_rate, fr.pts = 44100, i * 1024
-            for p in s.encode(fr):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +31,7 @@ def corpus(tmp_path_factory):
         "missing": d / "missing.mp4",
         "empty": d / "empty.mp4",
         "text": d / "text.mp4",
-        "audio": _audio_only(d / "audio.m4a"),
+        "audio": make_audio_only(d / "audio.m4a"),
         "truncated": d / "trunc.mp4",
     }
     ids = list(good) + list(bad)
