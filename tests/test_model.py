@@ -87,7 +87,7 @@ def test_topk_orders_best_first():
 
 
 def test_classifier_on_cpu_is_deterministic():
-    clf = ClipClassifier(ModelConfig(weights="random", seed=0, topk=5))
+    clf = ClipClassifier(ModelConfig(weights="random", seed=0, topk=5, runtime="torch"))
     rng = np.random.default_rng(0)
     clips = rng.integers(0, 256, (2, 16, 112, 112, 3), dtype=np.uint8)
     s1, s2 = clf(clips), clf(clips)
