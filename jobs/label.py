@@ -19,6 +19,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", "-c", help="YAML profile layered on configs/default.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.weights=random (repeatable)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--rerun-failed", action="store_true",
+                      help="also label videos whose committed row is an error (run.mode=rerun_failed)")
+    mode.add_argument("--force", action="store_true",
+                      help="label every manifest row again, skipping nothing (run.mode=force)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
@@ -27,7 +32,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_mod.load(args.config, args.overrides, manifest=args.manifest, **{"output.path": args.output})
+        mode = "force" if args.force else "rerun_failed" if args.rerun_failed else None
+        cfg = config_mod.load(args.config, args.overrides, manifest=args.manifest,
+                              **{"output.path": args.output, "run.mode": mode})
         from r2p1d_batch.pipeline import run
 
         summary = run(cfg)
@@ -35,6 +42,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.text())
+    print(summary.to_json(indent=None))  # the run record, also at OUT/_runs/run_id=<id>.json
     return 0 if summary.committed else 1
 
 

@@ -72,6 +72,9 @@ class DecodeConfig(_Section):
     max_pixels: int = Field(8192 * 4320, ge=1)  # frames larger than this are an error row
     # Two needed spans closer than this are decoded through instead of seeking.
     seek_gap_sec: float = Field(2.0, ge=0)
+    # Per-video decode time limit (seconds of decoding, back-pressure waits not counted);
+    # a video over it becomes an error row with error_class=Timeout. null: no limit.
+    timeout_sec: Optional[float] = Field(1800.0, gt=0)
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
 
@@ -164,8 +167,20 @@ class AuditConfig(_Section):
     thresholds: AuditThresholds = AuditThresholds()
 
 
+class RunConfig(_Section):
+    # incremental: label only manifest rows without a committed row (ok or error) for the same
+    # (video_id, source fingerprint, weights); rerun_failed: also retry committed error rows;
+    # force: label every row again (the "current" views then show the newest run's rows).
+    mode: Literal["incremental", "rerun_failed", "force"] = "incremental"
+    # A killed run's leftovers are removed by the next run once its lease is stale: at once
+    # when its driver ran on this host and is gone, else after this many seconds without a
+    # heartbeat. A live lease makes a new run on the same output refuse to start.
+    stale_after_sec: float = Field(900.0, ge=0)
+
+
 class Config(_Section):
     manifest: str = ""
+    run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
     sampling: SamplingConfig = SamplingConfig()
     decode: DecodeConfig = DecodeConfig()

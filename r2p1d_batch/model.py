@@ -64,6 +64,40 @@ def _load_kinetics() -> dict:
         ) from None
 
 
+KINETICS_ID = f"torchvision:{KINETICS.__class__.__name__}.{KINETICS.name}"
+
+
+def _is_kinetics(spec: str) -> bool:
+    return spec in ("kinetics400", KINETICS.__class__.__name__ + "." + KINETICS.name)
+
+
+def _checkpoint_id(path: str, digest: str) -> str:
+    return f"file:{os.path.basename(path)}@sha256:{digest[:16]}"
+
+
+def weights_id(spec: str, seed: int = 0, storage=None) -> str:
+    """The id ``load_model`` will record for ``spec``, without building the model (a
+    checkpoint is streamed once through sha256). The driver uses it to skip rows before any
+    work starts."""
+    if spec == "random":
+        return f"random:seed={seed}"
+    if _is_kinetics(spec):
+        return KINETICS_ID
+    from .storage import filesystem
+
+    try:
+        fs, path = filesystem(spec, storage)
+        h = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint not found: {spec}") from None
+    except Exception as e:
+        raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
+    return _checkpoint_id(path, h.hexdigest())
+
+
 def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
     from .storage import filesystem
 
@@ -75,7 +109,7 @@ def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
         raise WeightsError(f"checkpoint not found: {spec}") from None
     except Exception as e:
         raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
-    digest = hashlib.sha256(blob).hexdigest()[:16]
+    digest = hashlib.sha256(blob).hexdigest()
     import io
 
     try:
@@ -88,7 +122,7 @@ def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
     if not isinstance(obj, dict):
         raise WeightsError(f"{spec}: expected a state_dict, found {type(obj).__name__}")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj, f"file:{os.path.basename(path)}@sha256:{digest}"
+    return obj, _checkpoint_id(path, digest)
 
 
 def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
@@ -99,8 +133,8 @@ def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
             module = r2plus1d_18(weights=None, num_classes=len(categories()))
         return LoadedModel(module.eval(), f"random:seed={seed}", True)
     module = r2plus1d_18(weights=None, num_classes=len(categories()))
-    if spec in ("kinetics400", KINETICS.__class__.__name__ + "." + KINETICS.name):
-        state, wid = _load_kinetics(), f"torchvision:{KINETICS.__class__.__name__}.{KINETICS.name}"
+    if _is_kinetics(spec):
+        state, wid = _load_kinetics(), KINETICS_ID
     else:
         state, wid = _read_checkpoint(spec, storage)
     try:

@@ -8,13 +8,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
 import ray
 
+from . import runs
 from .config import Config
 from .manifest import read_manifest
-from .model import WeightsError, kinetics_available, kinetics_checkpoint_path
+from .model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
 from .sampling import sampling_id
-from .stages import ClassifierActor, DecodeStage
+from .stages import TEST_HOOKS_ENV, ClassifierActor, DecodeStage, split_test_hook
 from .storage import aws_env, filesystem
 from .storage import resolve as resolve_storage
 from .writer import RunSummary, RunWriter
@@ -23,7 +25,12 @@ log = logging.getLogger("r2p1d_batch")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
+# A decode task whose worker dies is retried; stages.CRASHES_BEFORE_ERROR (< this) turns a
+# video that keeps killing its decoder into an error row before the retries run out.
 DECODE_MAX_RETRIES = 3
+# A killed classifier actor is always restarted (max_restarts=-1); the batch it held is
+# retried this many times, so a batch that kills every actor fails the run instead of looping.
+CLASSIFY_MAX_TASK_RETRIES = 3
 
 
 def _decode_task_args() -> dict:
@@ -84,7 +91,8 @@ def local_runtime_env(env: dict | None = None) -> dict:
     aws = aws_env(env)
     if aws:
         log.info("passing %s to Ray workers (values not logged)", ", ".join(sorted(aws)))
-    return {"env_vars": {"PYTHONPATH": path, **aws}}
+    hooks = {TEST_HOOKS_ENV: env[TEST_HOOKS_ENV]} if env.get(TEST_HOOKS_ENV) else {}  # tests only
+    return {"env_vars": {"PYTHONPATH": path, **aws, **hooks}}
 
 
 def _configure_data(cfg: Config) -> None:
@@ -94,6 +102,20 @@ def _configure_data(cfg: Config) -> None:
     ctx.verbose_stats_logs = False
 
 
+def plan(cfg: Config, manifest: pa.Table, weights: str) -> tuple[pa.Table, dict[str, int]]:
+    """Stage 0b (driver): which manifest rows this run labels, from the committed videos rows.
+    Fingerprints are fetched here (one stat/HEAD per video, no data read) so skipping costs no
+    decode. Returns the rows to label and the per-decision counts."""
+    ids = manifest.column("video_id").to_pylist()
+    targets = [split_test_hook(u)[2] for u in manifest.column("uri").to_pylist()]
+    fps = runs.fingerprints(targets, cfg.storage)
+    committed = runs.committed_videos(cfg.output.path, cfg.storage)
+    decisions = runs.select(ids, fps, weights, committed, cfg.run.mode)
+    counts = {d: decisions.count(d) for d in (runs.NEW, runs.CHANGED, runs.RETRIED, runs.FORCED, runs.SKIP)}
+    todo = manifest.filter(pa.array([d != runs.SKIP for d in decisions]))
+    return todo, counts
+
+
 def run(cfg: Config) -> RunSummary:
     t0 = time.perf_counter()
     # Storage settings resolved here (config, else AWS env) travel to the workers inside cfg.
@@ -101,13 +123,45 @@ def run(cfg: Config) -> RunSummary:
     # Stage 0 (driver): validate manifest and weights; a bad input stops here, nothing half-run.
     manifest = read_manifest(cfg.manifest, cfg.storage)
     check_weights(cfg)
+    weights = weights_id(cfg.model.weights, cfg.model.seed, cfg.storage)
+    run_id = new_run_id()
+
+    # Stage 0a (driver): leftovers of killed runs go; a live run on this output stops us.
+    swept = runs.sweep(cfg.output.path, cfg.storage, cfg.run.stale_after_sec)
+    if swept.live:
+        raise runs.RunInProgressError(
+            f"{cfg.output.path}: run {swept.live[0]} is still running (live lease in "
+            f"{runs.STAGING_DIR}/run_id={swept.live[0]}/); not starting a second writer"
+        )
+    # Stage 0b (driver): incremental selection against the committed videos rows.
+    todo, counts = plan(cfg, manifest, weights)
+    log.info("run %s: %d manifest rows (%s), %d to label -> %s", run_id, manifest.num_rows,
+             ", ".join(f"{k} {v}" for k, v in counts.items()), todo.num_rows, cfg.output.path)
+
+    writer = RunWriter(
+        cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
+        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"),
+    )
+    s = writer.summary
+    s.mode, s.manifest_rows, s.weights = cfg.run.mode, manifest.num_rows, weights
+    s.videos_new, s.videos_changed = counts[runs.NEW], counts[runs.CHANGED]
+    s.videos_retried, s.videos_forced, s.videos_skipped = counts[runs.RETRIED], counts[runs.FORCED], counts[runs.SKIP]
+    try:
+        if todo.num_rows:
+            for batch in _labeled(cfg, todo, run_id):
+                writer.add(batch)
+        return writer.commit(time.perf_counter() - t0)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _labeled(cfg: Config, todo: pa.Table, run_id: str):
     init_ray(cfg)
     _configure_data(cfg)
-    run_id = new_run_id()
-    log.info("run %s: %d videos -> %s", run_id, manifest.num_rows, cfg.output.path)
 
     # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
-    rows = manifest.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
+    rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
 
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
@@ -115,7 +169,7 @@ def run(cfg: Config) -> RunSummary:
     # ray_remote_args_fn also keeps Ray from fusing decode into the classifier actors
     # (fused, each actor would decode its own input serially and the pools could not scale apart).
     ds = ds.map_batches(
-        DecodeStage(cfg),
+        DecodeStage(cfg, run_id),
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cfg.decode.num_cpus,
@@ -124,6 +178,7 @@ def run(cfg: Config) -> RunSummary:
     )
 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
+    # A SIGKILLed actor is replaced and its batch retried (Ray Data's defaults, made explicit).
     ds = ds.map_batches(
         ClassifierActor,
         fn_constructor_kwargs={"cfg": cfg},
@@ -133,13 +188,9 @@ def run(cfg: Config) -> RunSummary:
         num_gpus=cfg.model.num_gpus or None,
         compute=actor_pool(cfg.model.concurrency),
         zero_copy_batch=True,
+        max_restarts=-1,
+        max_task_retries=CLASSIFY_MAX_TASK_RETRIES,
     )
 
-    # Stage 4 (driver): stream labeled rows into the run's staging files, then commit.
-    writer = RunWriter(
-        cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
-        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"),
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        writer.add(batch)
-    return writer.commit(time.perf_counter() - t0)
+    # Stage 4 (driver): the caller streams labeled rows into the run's staging files, then commits.
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")

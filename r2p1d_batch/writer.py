@@ -2,12 +2,15 @@
 
 Runs on the driver over small rows (no pixels). A video's clips are held until its video
 row and all its clips have arrived, then written together with the video-level top-k (mean
-of the clip softmaxes); a video whose decode failed half-way keeps no clips. Files go to a
-staging directory and become visible only at commit.
+of the clip softmaxes); a video whose decode failed half-way keeps no clips. Rows that a
+retried Ray task delivers twice are dropped (by video_id, clip_index), so memory is bounded
+by the videos in flight. Files go to OUT/_staging/run_id=X/ under a lease and become visible
+only at commit (see runs.py for the protocol).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
@@ -16,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import schema
+from . import runs, schema
 from .classify import topk
 from .model import MODEL_NAME, categories
 from .storage import filesystem, join
@@ -30,6 +33,15 @@ class RunSummary:
     random_weights: bool = False
     runtime: str = ""
     sampling: str = ""
+    mode: str = "incremental"
+    manifest_rows: int = 0
+    # What this run did with each manifest row (runs.select): labeled = new + changed +
+    # retried + forced; skipped rows already have a committed row for the same key.
+    videos_new: int = 0
+    videos_changed: int = 0
+    videos_retried: int = 0
+    videos_forced: int = 0
+    videos_skipped: int = 0
     videos: int = 0
     videos_ok: int = 0
     videos_error: int = 0
@@ -39,14 +51,18 @@ class RunSummary:
     clips_per_sec: float = 0.0
     committed: bool = False
     config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
+    committed_at: str = ""
+    files: list = field(default_factory=list)  # data files of this run, relative to the output root
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(asdict(self), indent=indent, sort_keys=True)
 
     def text(self) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_class.items())) or "none"
         lines = [
             f"run {self.run_id} -> {self.output} ({'committed' if self.committed else 'NOT committed'})",
+            f"  manifest {self.manifest_rows} ({self.mode}): new {self.videos_new}, changed {self.videos_changed}, "
+            f"retried {self.videos_retried}, forced {self.videos_forced}, skipped {self.videos_skipped}",
             f"  videos {self.videos} (ok {self.videos_ok}, error {self.videos_error}); errors: {errors}",
             f"  clips {self.clips} in {self.wall_sec:.1f} s = {self.clips_per_sec:.2f} clips/s",
             f"  weights {self.weights}  runtime {self.runtime}  sampling {self.sampling}",
@@ -88,13 +104,17 @@ class _PartWriter:
 
 
 class RunWriter:
+    HEARTBEAT_SEC = 30.0
+
     def __init__(self, output: str, run_id: str, manifest: pa.Table, *, sampling: str, topk_n: int,
                  rows_per_file: int = 200_000, storage=None, flush_rows: int = 2000,
                  config: Optional[dict] = None):
         self.output, self.run_id, self.sampling, self.k = output.rstrip("/"), run_id, sampling, topk_n
         self.fs, root = filesystem(self.output, storage)
         self.root = root.rstrip("/")
-        self.staging = join(self.root, "_staging", f"run_id={run_id}")
+        self.staging = join(self.root, runs.STAGING_DIR, f"run_id={run_id}")
+        runs.write_lease(self.fs, self.root, run_id)  # first: the run holds the output from here
+        self._beat = time.monotonic()
         self.created_at = datetime.now(timezone.utc)
         extras = [f for f in manifest.schema if f.name not in ("video_id", "uri", "start_sec", "end_sec")]
         self.videos_schema = pa.schema(list(schema.VIDEOS) + extras)
@@ -105,11 +125,13 @@ class RunWriter:
                 self._extras[vid] = ex
         self._clips = _PartWriter(self.fs, join(self.staging, "clips"), schema.CLIPS, rows_per_file)
         self._videos = _PartWriter(self.fs, join(self.staging, "videos"), self.videos_schema, rows_per_file)
-        self._pending_clips: dict[str, list[dict]] = {}
+        self._pending_clips: dict[str, dict[int, dict]] = {}
         self._pending_video: dict[str, dict] = {}
+        self._done: set[str] = set()  # video ids already written (a retried task may resend rows)
         self._clip_buf: list[dict] = []
         self._video_buf: list[dict] = []
         self.flush_rows = flush_rows
+        self.duplicates_dropped = 0
         self.summary = RunSummary(run_id=run_id, output=output, sampling=sampling, config=config or {})
         self.labels = np.array(categories(), dtype=object)
         self._model_info: Optional[tuple[str, str]] = None
@@ -118,25 +140,32 @@ class RunWriter:
     def add(self, batch: pa.Table) -> None:
         for row in batch.to_pylist():
             vid = row["video_id"]
+            if vid in self._done:
+                self.duplicates_dropped += 1
+                continue
             if row["weights"] and self._model_info is None:
                 self._model_info = (row["weights"], row["runtime"])
             if row["kind"] == "clip":
-                self._pending_clips.setdefault(vid, []).append(row)
+                self._pending_clips.setdefault(vid, {})[row["clip_index"]] = row
             else:
                 self._pending_video[vid] = row
             self._maybe_finish(vid)
         if len(self._clip_buf) >= self.flush_rows or len(self._video_buf) >= self.flush_rows:
             self._flush()
+        if time.monotonic() - self._beat > self.HEARTBEAT_SEC:
+            runs.write_lease(self.fs, self.root, self.run_id)
+            self._beat = time.monotonic()
 
     def _maybe_finish(self, vid: str) -> None:
         video = self._pending_video.get(vid)
-        clips = self._pending_clips.get(vid, [])
+        clips = self._pending_clips.get(vid, {})
         if video is None or len(clips) < (video["num_clips"] or 0):
             return
         del self._pending_video[vid]
         self._pending_clips.pop(vid, None)
+        self._done.add(vid)
         ok = video["status"] == "ok"
-        clips = sorted(clips, key=lambda r: r["clip_index"]) if ok else []
+        clips = [clips[i] for i in sorted(clips)] if ok else []
         self._clip_buf.extend(self._clip_out(c) for c in clips)
         self._video_buf.append(self._video_out(video, clips))
         s = self.summary
@@ -175,6 +204,7 @@ class RunWriter:
 
     # -- commit ---------------------------------------------------------------------------
     def commit(self, wall_sec: float) -> RunSummary:
+        """Publish the staged files, then put the run record: the run is visible from that put."""
         if self._pending_video or self._pending_clips:
             missing = sorted(set(self._pending_video) | set(self._pending_clips))[:10]
             raise RuntimeError(f"run {self.run_id}: rows still pending for videos {missing}: not committing")
@@ -182,39 +212,36 @@ class RunWriter:
         self._clips.close()
         self._videos.close()
         s = self.summary
-        s.weights, s.runtime = self._model_info or ("", "")
+        s.weights, s.runtime = self._model_info or (s.weights, s.runtime)
         s.random_weights = s.weights.startswith("random:")
         s.wall_sec = round(wall_sec, 3)
         s.clips_per_sec = round(s.clips / wall_sec, 3) if wall_sec > 0 else 0.0
-        for table in ("clips", "videos"):
-            dest = join(self.root, table, f"run_id={self.run_id}")
-            self.fs.makedirs(join(self.root, table), exist_ok=True)
-            _move_tree(self.fs, join(self.staging, table), dest)
+        files = []
+        for table in runs.TABLES:
+            published = runs.publish(self.fs, join(self.staging, table), join(self.root, table, f"run_id={self.run_id}"))
+            files += [f[len(self.root) + 1:] for f in published]
+        s.files = files
         s.committed = True
-        runs = join(self.root, "_runs")
-        self.fs.makedirs(runs, exist_ok=True)
-        with self.fs.open(join(runs, f"run_id={self.run_id}.json"), "w") as f:
-            f.write(s.to_json())
+        s.committed_at = datetime.now(timezone.utc).isoformat()
+        runs.write_record(self.fs, self.root, self.run_id, s.to_json())
         self._remove_staging()
         return s
 
-    def _remove_staging(self) -> None:
-        for path in (self.staging, join(self.root, "_staging")):
+    def abort(self) -> None:
+        """A run that failed in-process: drop its staging (a killed one is swept next time)."""
+        for w in (self._clips, self._videos):
             try:
-                if self.fs.exists(path) and not self.fs.ls(path):
-                    self.fs.rmdir(path)
-                elif path == self.staging and self.fs.exists(path):
-                    self.fs.rm(path, recursive=True)
-            except OSError:
-                pass  # a concurrent run's staging: leave it
+                w.close()
+            except Exception:
+                pass
+        self._remove_staging()
 
-
-def _move_tree(fs, src: str, dest: str) -> None:
-    """Local: one directory rename. Object stores have no directories (and no rename): move
-    each file under the ``src`` prefix (copy + delete on S3)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
-        fs.mv(src, dest, recursive=True)
-        return
-    for path in sorted(fs.find(src)):
-        fs.mv(path, join(dest, path[len(src.rstrip("/")):]))
+    def _remove_staging(self) -> None:
+        try:
+            if self.fs.exists(self.staging):
+                self.fs.rm(self.staging, recursive=True)
+            top = join(self.root, runs.STAGING_DIR)
+            if self.fs.exists(top) and not self.fs.ls(top):
+                self.fs.rmdir(top)
+        except OSError:
+            pass  # a concurrent listing or an S3 prefix: harmless, swept later
