@@ -28,13 +28,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def build_config(args: argparse.Namespace):
+    mode = "force" if args.force else "rerun_failed" if args.rerun_failed else None
+    return config_mod.load(args.config, args.overrides, manifest=args.manifest,
+                           **{"output.path": args.output, "run.mode": mode})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        mode = "force" if args.force else "rerun_failed" if args.rerun_failed else None
-        cfg = config_mod.load(args.config, args.overrides, manifest=args.manifest,
-                              **{"output.path": args.output, "run.mode": mode})
+        cfg = build_config(args)
         from r2p1d_batch.pipeline import run
 
         summary = run(cfg)

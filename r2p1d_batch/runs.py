@@ -261,6 +261,8 @@ def fingerprints(uris: list[str], storage=None, threads: int = 32) -> list[Optio
     Remote stores are asked in parallel threads: one HEAD per object, no data read."""
 
     def one(uri: str) -> Optional[str]:
+        if not uri:
+            return None
         try:
             fs, path = filesystem(uri, storage)
             return fingerprint(fs.info(path))
@@ -277,7 +279,7 @@ def fingerprints(uris: list[str], storage=None, threads: int = 32) -> list[Optio
 # {videos}/{clips}: relations over the committed files (e.g. read_parquet([...files of
 # committed_files()], hive_partitioning = true, union_by_name = true), or the plain glob
 # joined with the records, COMMITTED_*_SQL below).
-COMMITTED_SQL = """
+COMMITTED_SQL = r"""
 SELECT t.* FROM read_parquet('{root}/{table}/run_id=*/*.parquet', hive_partitioning = true,
                              union_by_name = true) t
 WHERE t.run_id IN (SELECT regexp_extract(file, 'run_id=([^/]*)\.json$', 1)

@@ -1,0 +1,257 @@
+"""Commit protocol, leftovers, the "current" rule and incremental selection, without Ray.
+
+Crashes are real processes that die (os._exit / SIGKILL) at a chosen point of the protocol.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from r2p1d_batch import config as config_mod
+from r2p1d_batch import runs
+from r2p1d_batch.model import categories, load_model, weights_id
+from r2p1d_batch.stages import TEST_HOOKS_ENV, decode_video
+from r2p1d_batch.storage import filesystem, fingerprint
+from r2p1d_batch.writer import RunWriter
+
+from synth import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP_GLOB = "clips/run_id=*/*.parquet"
+
+
+def labeled(video_id: str, n_clips: int, *, status="ok", fp="fp1", weights="random:seed=0", label_id=0) -> pa.Table:
+    """What the classifier stage hands the writer for one video: n clip rows + its video row."""
+    probs = [0.0] * len(categories())
+    probs[label_id] = 1.0
+    common = dict(video_id=video_id, uri=f"/v/{video_id}.mp4", weights=weights, runtime="torch-cpu-fp32")
+    rows = [
+        dict(common, kind="clip", clip_index=i, start_sec=float(i), end_sec=i + 1.0, frame_pts=[i], padded_frames=0,
+             clip_sha=f"{video_id}-{i}", label=categories()[label_id], label_id=label_id, score=1.0,
+             topk_ids=[label_id], topk_labels=[categories()[label_id]], topk_scores=[1.0], probs=probs)
+        for i in range(n_clips)
+    ]
+    rows.append(dict(common, kind="video", status=status, error_class="" if status == "ok" else "Boom",
+                     error="", num_clips=n_clips, source_fingerprint=fp))
+    from r2p1d_batch import schema
+
+    return pa.Table.from_pylist(rows, schema=schema.LABELED)
+
+
+def manifest(*ids: str) -> pa.Table:
+    return pa.table({"video_id": list(ids), "uri": [f"/v/{v}.mp4" for v in ids],
+                     "start_sec": pa.nulls(len(ids), pa.float64()), "end_sec": pa.nulls(len(ids), pa.float64())})
+
+
+def writer(out: Path, run_id: str, ids=("a", "b")) -> RunWriter:
+    return RunWriter(str(out), run_id, manifest(*ids), sampling="dense", topk_n=1)
+
+
+def glob_rows(out: Path, table: str = "clips") -> int:
+    """What a plain DuckDB glob sees (0 when it matches no file)."""
+    try:
+        return duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/{table}/run_id=*/*.parquet')").fetchall()[0][0]
+    except duckdb.IOException:
+        return 0
+
+
+def committed_rows(out: Path, table: str = "clips") -> int:
+    try:
+        return duckdb.sql(f"SELECT count(*) FROM ({runs.committed_sql(str(out), table)})").fetchall()[0][0]
+    except duckdb.IOException:
+        return 0
+
+
+def test_commit_makes_the_run_visible_at_once(tmp_path):
+    w = writer(tmp_path, "20260101T000000Z-aaaaaa")
+    w.add(labeled("a", 3))
+    w.add(labeled("b", 2))
+    w._flush()  # files exist in staging...
+    assert list((tmp_path / "_staging").rglob("*.parquet"))
+    assert runs.committed_run_ids(str(tmp_path)) == []
+    assert glob_rows(tmp_path) == 0 and committed_rows(tmp_path) == 0  # ...and nobody sees them
+    s = w.commit(1.0)
+    assert s.committed and s.videos == 2 and s.clips == 5
+    assert runs.committed_run_ids(str(tmp_path)) == [s.run_id]
+    assert glob_rows(tmp_path) == 5 and committed_rows(tmp_path) == 5 and committed_rows(tmp_path, "videos") == 2
+    record = json.loads((tmp_path / "_runs" / f"run_id={s.run_id}.json").read_text())
+    assert sorted(record["files"]) == sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/run_id=*/*.parquet"))
+    assert not (tmp_path / "_staging").exists()
+    assert runs.committed_files(str(tmp_path), "clips") == [str(tmp_path / f) for f in record["files"] if f.startswith("clips/")]
+
+
+def test_rows_resent_by_a_retried_task_are_written_once(tmp_path):
+    w = writer(tmp_path, "20260101T000000Z-bbbbbb")
+    first = labeled("a", 4)
+    w.add(first.slice(0, 2))  # a decode attempt died after two clips...
+    w.add(first)  # ...its retry sends everything again
+    w.add(first)  # and a late duplicate after the video finished
+    w.add(labeled("b", 1))
+    s = w.commit(1.0)
+    t = pq.read_table(tmp_path / "clips").to_pylist()
+    assert sorted((r["video_id"], r["clip_index"]) for r in t) == [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0)]
+    assert s.videos == 2 and s.clips == 5 and w.duplicates_dropped > 0
+
+
+def test_an_error_video_keeps_no_clips_and_counts_its_class(tmp_path):
+    w = writer(tmp_path, "20260101T000000Z-cccccc")
+    w.add(labeled("a", 2, status="error"))
+    w.add(labeled("b", 1))
+    s = w.commit(1.0)
+    assert s.videos_error == 1 and s.errors_by_class == {"Boom": 1} and s.clips == 1
+
+
+def _run_child(code: str, out: Path) -> subprocess.CompletedProcess:
+    prelude = textwrap.dedent(f"""
+        import os, sys
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from test_runs import labeled, writer
+        from r2p1d_batch import runs
+        from pathlib import Path
+        out = Path({str(out)!r})
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("where", ["while_staging", "after_publish_before_record"])
+def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
+    # A committed run first, so the output is not empty.
+    w = writer(tmp_path, "20260101T000000Z-000000")
+    w.add(labeled("a", 1))
+    w.add(labeled("b", 1))
+    first = w.commit(1.0).run_id
+    kill = {
+        # killed mid-run: staged files and a lease, no record
+        "while_staging": "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w._flush(); os._exit(9)",
+        # killed between publishing the partitions and putting the record (the worst moment)
+        "after_publish_before_record": (
+            "runs.write_record = lambda *a, **k: os._exit(9)\n"
+            "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w.add(labeled('b', 2)); w.commit(1.0)"),
+    }[where]
+    proc = _run_child(kill, tmp_path)
+    assert proc.returncode == 9, proc.stderr
+    assert runs.committed_run_ids(str(tmp_path)) == [first]
+    assert committed_rows(tmp_path) == 2 and committed_rows(tmp_path, "videos") == 2  # the record-honouring glob
+    if where == "after_publish_before_record":
+        # The plain glob is the one reader that can see this window (see docs/runs.md).
+        assert (tmp_path / "clips" / "run_id=20260102T000000Z-111111").is_dir()
+    swept = runs.sweep(str(tmp_path))  # the killed driver's pid is gone: stale at once
+    assert swept.removed == ["20260102T000000Z-111111"] and swept.live == []
+    assert glob_rows(tmp_path) == 2 and not list(tmp_path.glob("*/run_id=20260102T000000Z-111111*"))
+    assert not (tmp_path / "_staging" / "run_id=20260102T000000Z-111111").exists()
+
+
+def test_a_live_lease_is_kept_and_reported(tmp_path):
+    w = writer(tmp_path, "20260103T000000Z-222222")  # this process holds the lease
+    w.add(labeled("a", 1))
+    swept = runs.sweep(str(tmp_path))
+    assert swept.live == ["20260103T000000Z-222222"] and swept.removed == []
+    assert (tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / runs.LEASE).exists()
+    # a lease from another host counts by heartbeat age
+    lease = json.loads((tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / runs.LEASE).read_text())
+    lease["host"] = "elsewhere"
+    assert runs.lease_alive(lease, 900) and not runs.lease_alive(lease, 900, now=lease["heartbeat"] + 901)
+    w.abort()
+    assert not (tmp_path / "_staging").exists()
+
+
+def _commit(out: Path, run_id: str, *tables: pa.Table) -> None:
+    w = RunWriter(str(out), run_id, manifest("a", "b", "c"), sampling="dense", topk_n=1)
+    for t in tables:
+        w.add(t)
+    w.commit(1.0)
+
+
+def test_select_new_changed_retried_forced_skipped(tmp_path):
+    _commit(tmp_path, "20260101T000000Z-000001", labeled("a", 1, fp="fa"), labeled("b", 1, status="error", fp="fb"))
+    committed = runs.committed_videos(str(tmp_path))
+    ids, fps = ["a", "b", "c", "a"], ["fa", "fb", "fc", "fa2"]
+    w0 = "random:seed=0"
+    assert runs.select(ids, fps, w0, committed, "incremental") == ["skipped", "skipped", "new", "changed"]
+    assert runs.select(ids, fps, w0, committed, "rerun_failed") == ["skipped", "retried", "new", "changed"]
+    assert runs.select(ids, fps, w0, committed, "force") == ["forced", "retried", "new", "changed"]
+    assert runs.select(ids, fps, "random:seed=1", committed, "incremental") == ["changed", "changed", "new", "changed"]
+    # a later run that fixed b: its newest row (ok) decides
+    _commit(tmp_path, "20260102T000000Z-000002", labeled("b", 2, fp="fb"))
+    assert runs.select(["b"], ["fb"], w0, runs.committed_videos(str(tmp_path)), "rerun_failed") == ["skipped"]
+
+
+def test_current_rule_gives_one_row_per_key(tmp_path):
+    _commit(tmp_path, "20260101T000000Z-000001", labeled("a", 2, label_id=1), labeled("b", 1))
+    _commit(tmp_path, "20260102T000000Z-000002", labeled("a", 3, label_id=2))  # a forced relabel of a
+    _commit(tmp_path, "20260103T000000Z-000003", labeled("a", 1, weights="random:seed=1"))  # new weights
+    videos_sql, clips_sql = runs.current_sql(str(tmp_path))
+    v = duckdb.sql(f"SELECT video_id, weights, run_id, num_clips FROM ({videos_sql}) ORDER BY ALL").fetchall()
+    assert v == [("a", "random:seed=0", "20260102T000000Z-000002", 3), ("a", "random:seed=1", "20260103T000000Z-000003", 1),
+                 ("b", "random:seed=0", "20260101T000000Z-000001", 1)]
+    c = duckdb.sql(f"SELECT video_id, weights, clip_index, label_id FROM ({clips_sql}) ORDER BY ALL").fetchall()
+    assert c == [("a", "random:seed=0", 0, 2), ("a", "random:seed=0", 1, 2), ("a", "random:seed=0", 2, 2),
+                 ("a", "random:seed=1", 0, 0), ("b", "random:seed=0", 0, 0)]
+    # history stays: the raw committed glob still has every run's rows
+    assert committed_rows(tmp_path) == 2 + 1 + 3 + 1
+    assert runs.current(runs.committed_videos(str(tmp_path)))[("a", "fp1", "random:seed=0")]["run_id"] == "20260102T000000Z-000002"
+
+
+def test_driver_fingerprints_match_the_decode_stage(tmp_path):
+    path = make_video(tmp_path / "v.mp4", n_frames=20, fps=15, size=(64, 48))
+    cfg = config_mod.load(None, [], manifest="m")
+    row = {"video_id": "v", "uri": str(path), "start_sec": None, "end_sec": None}
+    decoded = [r for r in decode_video(row, cfg) if r["kind"] == "video"][0]
+    fp = runs.fingerprints([str(path), str(tmp_path / "missing.mp4")])
+    assert fp == [decoded["source_fingerprint"], None]
+    time.sleep(0.01)
+    make_video(path, n_frames=25, fps=15, size=(64, 48))  # the file changes: so does its fingerprint
+    assert runs.fingerprints([str(path)])[0] != fp[0]
+
+
+def test_weights_id_without_building_the_model(tmp_path):
+    import torch
+
+    assert weights_id("random", seed=3) == load_model("random", seed=3).weights_id
+    ckpt = tmp_path / "w.pth"
+    torch.save(load_model("random", seed=1).module.state_dict(), ckpt)
+    assert weights_id(str(ckpt)) == load_model(str(ckpt)).weights_id
+    assert weights_id(str(ckpt)).startswith("file:w.pth@sha256:")
+
+
+def test_decode_time_limit_turns_a_hang_into_a_timeout_row(tmp_path, monkeypatch):
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    cfg = config_mod.load(None, ["decode.timeout_sec=0.5"], manifest="m")
+    t0 = time.perf_counter()
+    rows = list(decode_video({"video_id": "h", "uri": "testhook:sleep=30", "start_sec": None, "end_sec": None}, cfg))
+    assert time.perf_counter() - t0 < 5
+    assert [(r["kind"], r["status"], r["error_class"]) for r in rows] == [("video", "error", "Timeout")]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # the timer is disarmed afterwards
+    # time spent suspended at a yield (back-pressure) does not count against the limit
+    path = make_video(tmp_path / "v.mp4", n_frames=45, fps=15, size=(64, 48))
+    row = {"video_id": "v", "uri": str(path), "start_sec": None, "end_sec": None}
+    warm = list(decode_video(row, config_mod.load(None, ["decode.timeout_sec=null"], manifest="m")))
+    assert warm[-1]["decode_sec"] < 2.0 and len(warm) >= 3  # decoding proper is well under the limit
+    out = []
+    for r in decode_video(row, config_mod.load(None, ["decode.timeout_sec=2"], manifest="m")):
+        out.append(r)
+        time.sleep(1.0)  # the consumer is slow: > 2 s suspended in total
+    assert out[-1]["status"] == "ok" and len(out) == len(warm)
+
+
+def test_cli_flags_map_to_run_mode():
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import label
+
+    for argv, mode in (([], "incremental"), (["--rerun-failed"], "rerun_failed"), (["--force"], "force")):
+        assert label.build_config(label.parse_args(["m.parquet", *argv])).run.mode == mode
+    with pytest.raises(SystemExit):
+        label.parse_args(["m.parquet", "--force", "--rerun-failed"])
