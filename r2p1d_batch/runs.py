@@ -53,6 +53,7 @@ def committed_runs(output: str, storage=None) -> list[dict]:
     """Records of every committed run under ``output``, oldest first."""
     fs, root = filesystem(output, storage)
     runs_dir = join(root.rstrip("/"), RUNS_DIR)
+    fs.invalidate_cache(runs_dir)  # s3fs caches listings: another process may have committed since
     if not fs.exists(runs_dir):
         return []
     out = []
@@ -181,6 +182,7 @@ def sweep(output: str, storage=None, stale_after_sec: float = 900.0, keep: Itera
     runs that are still live. Committed runs and ``keep`` are never touched."""
     fs, root = filesystem(output, storage)
     root = root.rstrip("/")
+    fs.invalidate_cache(root)
     committed = set(committed_run_ids(output, storage)) | set(keep)
     staging = join(root, STAGING_DIR)
     seen = _run_ids(fs, staging)

@@ -127,6 +127,7 @@ class RunWriter:
         self._videos = _PartWriter(self.fs, join(self.staging, "videos"), self.videos_schema, rows_per_file)
         self._pending_clips: dict[str, dict[int, dict]] = {}
         self._pending_video: dict[str, dict] = {}
+        self._prob_sums: dict[str, np.ndarray] = {}  # running sum of clip softmaxes per pending video
         self._done: set[str] = set()  # video ids already written (a retried task may resend rows)
         self._clip_buf: list[dict] = []
         self._video_buf: list[dict] = []
@@ -146,7 +147,12 @@ class RunWriter:
             if row["weights"] and self._model_info is None:
                 self._model_info = (row["weights"], row["runtime"])
             if row["kind"] == "clip":
-                self._pending_clips.setdefault(vid, {})[row["clip_index"]] = row
+                pending = self._pending_clips.setdefault(vid, {})
+                probs = row.pop("probs")  # 400 floats: summed here, not kept per clip
+                if row["clip_index"] not in pending:
+                    pending[row["clip_index"]] = row
+                    acc = self._prob_sums.get(vid)
+                    self._prob_sums[vid] = np.asarray(probs, np.float64) + (0.0 if acc is None else acc)
             else:
                 self._pending_video[vid] = row
             self._maybe_finish(vid)
@@ -163,11 +169,12 @@ class RunWriter:
             return
         del self._pending_video[vid]
         self._pending_clips.pop(vid, None)
+        prob_sum = self._prob_sums.pop(vid, None)
         self._done.add(vid)
         ok = video["status"] == "ok"
         clips = [clips[i] for i in sorted(clips)] if ok else []
         self._clip_buf.extend(self._clip_out(c) for c in clips)
-        self._video_buf.append(self._video_out(video, clips))
+        self._video_buf.append(self._video_out(video, clips, prob_sum))
         s = self.summary
         s.videos += 1
         s.clips += len(clips)
@@ -182,13 +189,13 @@ class RunWriter:
         out.update(model=MODEL_NAME, sampling=self.sampling, created_at=self.created_at)
         return out
 
-    def _video_out(self, v: dict, clips: list[dict]) -> dict:
+    def _video_out(self, v: dict, clips: list[dict], prob_sum: Optional[np.ndarray]) -> dict:
         out = {name: v.get(name) for name in schema.VIDEOS.names}
         out.update(num_clips=len(clips), model=MODEL_NAME, sampling=self.sampling, created_at=self.created_at)
         weights, runtime = self._model_info or ("", "")
         out.update(weights=v.get("weights") or weights, runtime=v.get("runtime") or runtime)
         if clips:
-            mean = np.mean(np.stack([np.asarray(c["probs"], dtype=np.float32) for c in clips]), axis=0)
+            mean = (prob_sum / len(clips)).astype(np.float32)
             ids, scores = topk(mean[None, :], self.k)
             out.update(
                 label=self.labels[ids[0, 0]], score=float(scores[0, 0]),

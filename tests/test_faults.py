@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,7 +242,8 @@ def test_segfaulting_and_hanging_videos_become_error_rows(tmp_path, videos, ray_
 # -- incremental reruns --------------------------------------------------------------------------
 def test_grown_manifest_changed_file_new_weights_rerun_failed_and_force(tmp_path, videos, ray_session):
     out = tmp_path / "out"
-    missing = str(tmp_path / "not-there-yet.mp4")
+    missing = str(tmp_path / "not-there.mp4")
+    videos = dict(videos, v1=Path(shutil.copy(videos["v1"], tmp_path / "v1.mp4")))  # this test rewrites v1
     m1 = write_manifest(tmp_path / "m1.parquet", {"v0": str(videos["v0"]), "v1": str(videos["v1"])})
     grown = {"v0": str(videos["v0"]), "v1": str(videos["v1"]), "v2": str(videos["v2"]), "gone": missing}
     m2 = write_manifest(tmp_path / "m2.parquet", grown)
@@ -258,33 +260,23 @@ def test_grown_manifest_changed_file_new_weights_rerun_failed_and_force(tmp_path
     cur = current_videos(out)
     assert len(cur) == 8 and len(committed(out, "videos")) == 8  # one row per (video, fingerprint, weights)
 
-    # v1's file changes, and the missing file appears; --rerun-failed under the same weights
+    # v1's file changes; "gone" is still missing: --rerun-failed retries its error row
     v1 = make_video(tmp_path / "v1b.mp4", n_frames=30, fps=15, size=(64, 48), seed=7)
     os.replace(v1, videos["v1"])
-    make_video(missing, n_frames=30, fps=15, size=(64, 48), seed=8)
     s4 = run(m2, out, "model.seed=1", "run.mode=rerun_failed")
-    assert (s4.videos_changed, s4.videos_retried, s4.videos_skipped, s4.videos) == (2, 0, 2, 2)
-    # ("gone" had no fingerprint; now it has one, so it counts as changed, not retried)
-    assert s4.videos_ok == 2
+    assert (s4.videos_changed, s4.videos_retried, s4.videos_skipped, s4.videos) == (1, 1, 2, 2)
+    assert s4.videos_ok == 1 and s4.errors_by_class == {"NotFound": 1}
 
     s5 = run(m2, out, "model.seed=1", "run.mode=force")
-    assert (s5.videos_forced, s5.videos_skipped, s5.videos) == (4, 0, 4)
+    assert (s5.videos_forced, s5.videos_retried, s5.videos_skipped, s5.videos) == (3, 1, 0, 4)
     cur = current_videos(out)
     latest = {k: v for k, v in cur.items() if k[2] == "random:seed=1"}
-    assert len(latest) == 6  # 4 videos, plus the old fingerprints of v1 and gone kept as history
+    assert len(latest) == 5  # 4 videos, plus v1's old fingerprint kept as history
     now = dict(zip(grown, runs.fingerprints(list(grown.values()))))
     assert {latest[(vid, fp, "random:seed=1")]["run_id"] for vid, fp in now.items()} == {s5.run_id}
-    # the current clips: exactly one set per current video row, none duplicated
-    cur_runs = {(v["run_id"], v["video_id"]) for v in cur.values()}
-    cur_clips = [(c["video_id"], c["weights"], c["clip_index"]) for c in committed(out, "clips")
-                 if (c["run_id"], c["video_id"]) in cur_runs]
-    assert len(cur_clips) == len(set(cur_clips))
+    # the current clips: exactly one set per current video row (clips follow their video row)
+    clips = committed(out, "clips")
+    for v in cur.values():
+        idx = sorted(c["clip_index"] for c in clips if (c["run_id"], c["video_id"]) == (v["run_id"], v["video_id"]))
+        assert idx == list(range(v["num_clips"])), v
     assert_no_leftovers(out)
-
-
-def test_rerun_failed_retries_error_rows(tmp_path, videos, ray_session):
-    out = tmp_path / "out"
-    m = write_manifest(tmp_path / "m.parquet", {"v0": str(videos["v0"]), "bad": str(tmp_path / "none.mp4")})
-    run(m, out)
-    s = run(m, out, "run.mode=rerun_failed")
-    assert (s.videos_retried, s.videos_skipped, s.videos, s.videos_error) == (1, 1, 1, 1)
