@@ -174,8 +174,9 @@ class RunConfig(_Section):
     mode: Literal["incremental", "rerun_failed", "force"] = "incremental"
     # A killed run's leftovers are removed by the next run once its lease is stale: at once
     # when its driver ran on this host and is gone, else after this many seconds without a
-    # heartbeat. A live lease makes a new run on the same output refuse to start.
-    stale_after_sec: float = Field(900.0, ge=0)
+    # heartbeat (written every 30 s). A new run waits up to this long for another host's live
+    # lease to go stale, then refuses to start; a live driver on this host: refuses at once.
+    stale_after_sec: float = Field(300.0, ge=0)
 
 
 class Config(_Section):

@@ -91,8 +91,7 @@ def local_runtime_env(env: dict | None = None) -> dict:
     aws = aws_env(env)
     if aws:
         log.info("passing %s to Ray workers (values not logged)", ", ".join(sorted(aws)))
-    hooks = {TEST_HOOKS_ENV: env[TEST_HOOKS_ENV]} if env.get(TEST_HOOKS_ENV) else {}  # tests only
-    return {"env_vars": {"PYTHONPATH": path, **aws, **hooks}}
+    return {"env_vars": {"PYTHONPATH": path, **aws}}
 
 
 def _configure_data(cfg: Config) -> None:
@@ -100,6 +99,20 @@ def _configure_data(cfg: Config) -> None:
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.enable_operator_progress_bars = cfg.ray.progress_bars
     ctx.verbose_stats_logs = False
+
+
+def wait_for_output(cfg: Config) -> runs.Sweep:
+    """Sweep leftovers. A live lease from another host may be a driver that just died (a
+    Kubernetes retry starts within seconds): wait until its heartbeat is stale_after_sec old.
+    A live driver on this host is really running: no wait."""
+    deadline = time.monotonic() + cfg.run.stale_after_sec + 2 * RunWriter.HEARTBEAT_SEC
+    while True:
+        swept = runs.sweep(cfg.output.path, cfg.storage, cfg.run.stale_after_sec)
+        if not swept.live or swept.local_live or time.monotonic() > deadline:
+            return swept
+        log.warning("run %s holds %s (lease from another host): waiting for it to finish or go stale",
+                    swept.live[0], cfg.output.path)
+        time.sleep(min(30.0, cfg.run.stale_after_sec / 4 + 1))
 
 
 def plan(cfg: Config, manifest: pa.Table, weights: str) -> tuple[pa.Table, dict[str, int]]:
@@ -127,7 +140,7 @@ def run(cfg: Config) -> RunSummary:
     run_id = new_run_id()
 
     # Stage 0a (driver): leftovers of killed runs go; a live run on this output stops us.
-    swept = runs.sweep(cfg.output.path, cfg.storage, cfg.run.stale_after_sec)
+    swept = wait_for_output(cfg)
     if swept.live:
         raise runs.RunInProgressError(
             f"{cfg.output.path}: run {swept.live[0]} is still running (live lease in "
@@ -168,8 +181,11 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str):
     # A crashed decode worker is retried a bounded number of times. Passing the args through
     # ray_remote_args_fn also keeps Ray from fusing decode into the classifier actors
     # (fused, each actor would decode its own input serially and the pools could not scale apart).
+    # Fault-injection hooks reach the decode workers only when the driver runs a test.
+    hooks = {"env_vars": {TEST_HOOKS_ENV: "1"}} if os.environ.get(TEST_HOOKS_ENV) == "1" else None
     ds = ds.map_batches(
         DecodeStage(cfg, run_id),
+        runtime_env=hooks,
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cfg.decode.num_cpus,

@@ -164,6 +164,7 @@ def lease_alive(lease: Optional[dict], stale_after_sec: float, now: Optional[flo
 class Sweep:
     removed: list[str] = field(default_factory=list)  # run ids whose leftovers were deleted
     live: list[str] = field(default_factory=list)  # uncommitted runs still holding a lease
+    local_live: list[str] = field(default_factory=list)  # ...of which the driver runs on this host
 
 
 def _run_ids(fs, directory: str) -> set[str]:
@@ -198,6 +199,8 @@ def sweep(output: str, storage=None, stale_after_sec: float = 900.0, keep: Itera
             pass
         if lease_alive(lease, stale_after_sec):
             result.live.append(run_id)
+            if lease.get("host") == socket.gethostname():
+                result.local_live.append(run_id)
             continue
         for base in (staging, join(root, "clips"), join(root, "videos")):
             path = join(base, f"run_id={run_id}")

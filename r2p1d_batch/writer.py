@@ -10,7 +10,7 @@ only at commit (see runs.py for the protocol).
 from __future__ import annotations
 
 import json
-import time
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
@@ -92,6 +92,11 @@ class _PartWriter:
             if self.rows_in_part >= self.limit:
                 self._roll()
 
+    @property
+    def parts(self) -> int:
+        """Part files written (closed) so far."""
+        return self.part
+
     def _roll(self) -> None:
         if self._w is not None:
             self._w.close()
@@ -114,7 +119,8 @@ class RunWriter:
         self.root = root.rstrip("/")
         self.staging = join(self.root, runs.STAGING_DIR, f"run_id={run_id}")
         runs.write_lease(self.fs, self.root, run_id)  # first: the run holds the output from here
-        self._beat = time.monotonic()
+        self._stop_beat = threading.Event()
+        threading.Thread(target=self._heartbeat, name=f"lease-{run_id}", daemon=True).start()
         self.created_at = datetime.now(timezone.utc)
         extras = [f for f in manifest.schema if f.name not in ("video_id", "uri", "start_sec", "end_sec")]
         self.videos_schema = pa.schema(list(schema.VIDEOS) + extras)
@@ -137,6 +143,14 @@ class RunWriter:
         self.labels = np.array(categories(), dtype=object)
         self._model_info: Optional[tuple[str, str]] = None
 
+    def _heartbeat(self) -> None:
+        # A thread, so the lease stays fresh while rows stall (actors starting, a long video).
+        while not self._stop_beat.wait(self.HEARTBEAT_SEC):
+            try:
+                runs.write_lease(self.fs, self.root, self.run_id)
+            except Exception:  # a transient store error: the next beat tries again
+                pass
+
     # -- streaming in ---------------------------------------------------------------------
     def add(self, batch: pa.Table) -> None:
         for row in batch.to_pylist():
@@ -158,9 +172,7 @@ class RunWriter:
             self._maybe_finish(vid)
         if len(self._clip_buf) >= self.flush_rows or len(self._video_buf) >= self.flush_rows:
             self._flush()
-        if time.monotonic() - self._beat > self.HEARTBEAT_SEC:
-            runs.write_lease(self.fs, self.root, self.run_id)
-            self._beat = time.monotonic()
+
 
     def _maybe_finish(self, vid: str) -> None:
         video = self._pending_video.get(vid)
@@ -223,9 +235,13 @@ class RunWriter:
         s.random_weights = s.weights.startswith("random:")
         s.wall_sec = round(wall_sec, 3)
         s.clips_per_sec = round(s.clips / wall_sec, 3) if wall_sec > 0 else 0.0
+        self._stop_beat.set()
         files = []
-        for table in runs.TABLES:
+        for table, part_writer in zip(runs.TABLES, (self._clips, self._videos)):
             published = runs.publish(self.fs, join(self.staging, table), join(self.root, table, f"run_id={self.run_id}"))
+            if len(published) != part_writer.parts:  # staging was removed under us (a sweep misjudged the lease)
+                raise RuntimeError(f"run {self.run_id}: {part_writer.parts} {table} parts written, "
+                                   f"{len(published)} found at commit: not committing")
             files += [f[len(self.root) + 1:] for f in published]
         s.files = files
         s.committed = True
@@ -236,6 +252,7 @@ class RunWriter:
 
     def abort(self) -> None:
         """A run that failed in-process: drop its staging (a killed one is swept next time)."""
+        self._stop_beat.set()
         for w in (self._clips, self._videos):
             try:
                 w.close()

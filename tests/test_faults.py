@@ -44,13 +44,10 @@ def hooks():
 
 
 @pytest.fixture(scope="module")
-def ray_session(hooks):
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), TEST_HOOKS_ENV: "1"}})
-    yield
-    ray.shutdown()
+def ray_session(hooks, ray_local):
+    """The session's local Ray (conftest); the hooks reach decode workers through the task's
+    runtime_env, which the pipeline adds when the driver has R2P1D_TEST_HOOKS=1."""
+    return ray_local
 
 
 @pytest.fixture(scope="module")
