@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from . import schema
 from .config import StorageConfig
-from .runs import committed_runs
+from .runs import CURRENT_CLIPS_SQL, CURRENT_VIDEOS_SQL, committed_runs
 from .storage import filesystem, is_local, join
 
 REPORTS: dict[str, str] = {
@@ -74,7 +74,8 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa
 
 def connect(output: str, storage: Optional[StorageConfig] = None, *, require_runs: bool = True,
             con: Optional[duckdb.DuckDBPyConnection] = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views ``clips``, ``videos`` and ``runs`` over ``output``."""
+    """A DuckDB connection with views ``clips``, ``videos`` and ``runs`` over ``output``, and
+    ``videos_current`` / ``clips_current`` (one row per video, fingerprint and weights)."""
     runs = committed_runs(output, storage)
     if not runs and require_runs:
         raise NoCommittedRuns(f"{output}: no committed run (no {join(output, '_runs', 'run_id=*.json')})")
@@ -90,6 +91,10 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
         for r in runs:
             files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
         _view(con, table, [prefix + f for f in files], empty)
+    # One row per (video_id, source_fingerprint, weights): the newest committed run's (runs.py).
+    con.execute("CREATE VIEW videos_current AS " + CURRENT_VIDEOS_SQL.format(videos="videos"))
+    con.execute("CREATE VIEW clips_current AS "
+                + CURRENT_CLIPS_SQL.format(clips="clips", current_videos="SELECT * FROM videos_current"))
     if runs:
         con.register("_runs", _runs_table(runs))
         con.execute("CREATE VIEW runs AS SELECT * FROM _runs")

@@ -200,6 +200,12 @@ def test_current_rule_gives_one_row_per_key(tmp_path):
     c = duckdb.sql(f"SELECT video_id, weights, clip_index, label_id FROM ({clips_sql}) ORDER BY ALL").fetchall()
     assert c == [("a", "random:seed=0", 0, 2), ("a", "random:seed=0", 1, 2), ("a", "random:seed=0", 2, 2),
                  ("a", "random:seed=1", 0, 0), ("b", "random:seed=0", 0, 0)]
+    from r2p1d_batch import query
+
+    con = query.connect(str(tmp_path))  # the query module's views apply the same rule
+    assert con.sql("SELECT video_id, weights, run_id, num_clips FROM videos_current ORDER BY ALL").fetchall() == v
+    assert con.sql("SELECT video_id, weights, clip_index, label_id FROM clips_current ORDER BY ALL").fetchall() == c
+    assert con.sql("SELECT count(*) FROM runs").fetchall() == [(3,)]
     # history stays: the raw committed glob still has every run's rows
     assert committed_rows(tmp_path) == 2 + 1 + 3 + 1
     assert runs.current(runs.committed_videos(str(tmp_path)))[("a", "fp1", "random:seed=0")]["run_id"] == "20260102T000000Z-000002"
