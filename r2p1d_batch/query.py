@@ -1,7 +1,9 @@
 """DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
 
 Only committed runs are visible (``runs.committed_runs``): the views read the data files of
-those runs and nothing else, so a half-written or killed run never shows. On S3 the fsspec
+those runs and nothing else, so a half-written or killed run never shows. `videos` and
+`clips` hold the current rows: one per (video_id, source_fingerprint, weights), from the
+newest committed run that labeled it; `videos_all` and `clips_all` keep every committed run. On S3 the fsspec
 filesystem (same endpoint, credentials and retries as the job) is registered with DuckDB,
 so no httpfs extension download is needed and it works on a closed network.
 """
@@ -19,7 +21,7 @@ from .runs import CURRENT_CLIPS_SQL, CURRENT_VIDEOS_SQL, committed_runs
 from .storage import filesystem, is_local, join
 
 REPORTS: dict[str, str] = {
-    # Label histogram over every clip of every committed run.
+    # Label histogram over the current clips.
     "labels": """
         SELECT label, count(*) AS clips, count(DISTINCT video_id) AS videos,
                round(avg(score), 4) AS mean_score
@@ -74,8 +76,8 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa
 
 def connect(output: str, storage: Optional[StorageConfig] = None, *, require_runs: bool = True,
             con: Optional[duckdb.DuckDBPyConnection] = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views ``clips``, ``videos`` and ``runs`` over ``output``, and
-    ``videos_current`` / ``clips_current`` (one row per video, fingerprint and weights)."""
+    """A DuckDB connection with views ``clips``, ``videos`` (current rows), ``clips_all``,
+    ``videos_all`` (every committed run) and ``runs`` over ``output``."""
     runs = committed_runs(output, storage)
     if not runs and require_runs:
         raise NoCommittedRuns(f"{output}: no committed run (no {join(output, '_runs', 'run_id=*.json')})")
@@ -86,15 +88,15 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
     if not is_local(output):
         con.register_filesystem(fs)
         prefix = (fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol) + "://"
-    for table, empty in (("clips", schema.CLIPS), ("videos", schema.VIDEOS)):
+    for table, empty in (("clips", schema.CLIPS), ("videos", schema.VIDEOS)):  # -> clips_all, videos_all
         files: list[str] = []
         for r in runs:
             files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
-        _view(con, table, [prefix + f for f in files], empty)
+        _view(con, f"{table}_all", [prefix + f for f in files], empty)
     # One row per (video_id, source_fingerprint, weights): the newest committed run's (runs.py).
-    con.execute("CREATE VIEW videos_current AS " + CURRENT_VIDEOS_SQL.format(videos="videos"))
-    con.execute("CREATE VIEW clips_current AS "
-                + CURRENT_CLIPS_SQL.format(clips="clips", current_videos="SELECT * FROM videos_current"))
+    con.execute("CREATE VIEW videos AS " + CURRENT_VIDEOS_SQL.format(videos="videos_all"))
+    con.execute("CREATE VIEW clips AS "
+                + CURRENT_CLIPS_SQL.format(clips="clips_all", current_videos="SELECT * FROM videos"))
     if runs:
         con.register("_runs", _runs_table(runs))
         con.execute("CREATE VIEW runs AS SELECT * FROM _runs")

@@ -203,8 +203,8 @@ def test_current_rule_gives_one_row_per_key(tmp_path):
     from r2p1d_batch import query
 
     con = query.connect(str(tmp_path))  # the query module's views apply the same rule
-    assert con.sql("SELECT video_id, weights, run_id, num_clips FROM videos_current ORDER BY ALL").fetchall() == v
-    assert con.sql("SELECT video_id, weights, clip_index, label_id FROM clips_current ORDER BY ALL").fetchall() == c
+    assert con.sql("SELECT video_id, weights, run_id, num_clips FROM videos ORDER BY ALL").fetchall() == v
+    assert con.sql("SELECT video_id, weights, clip_index, label_id FROM clips ORDER BY ALL").fetchall() == c
     assert con.sql("SELECT count(*) FROM runs").fetchall() == [(3,)]
     # history stays: the raw committed glob still has every run's rows
     assert committed_rows(tmp_path) == 2 + 1 + 3 + 1
