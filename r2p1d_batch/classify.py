@@ -52,7 +52,7 @@ class ClipClassifier:
         self.weights_id, self.is_random = loaded.weights_id, loaded.is_random
         self.device = pick_device(cfg.device)
         self.backend = resolve_runtime(cfg.runtime, self.device)
-        self.threads = max(1, int(cfg.num_cpus))
+        self.threads = max(1, round(cfg.num_cpus))
         self.labels = categories()
         if self.backend == "onnxruntime":
             self._init_ort(loaded)

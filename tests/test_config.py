@@ -64,3 +64,12 @@ def test_config_is_frozen():
     cfg = load()
     with pytest.raises(Exception):
         cfg.model.batch_size = 3
+
+
+def test_cpu_profile_gives_the_classifier_the_spare_core():
+    from r2p1d_batch.classify import ClipClassifier
+    from r2p1d_batch.config import CONFIG_DIR
+
+    cfg = load(CONFIG_DIR / "cpu.yaml", ["model.weights=random"])
+    assert cfg.decode.num_cpus + cfg.model.num_cpus == 2.0
+    assert ClipClassifier(cfg.model).threads == 2  # round(1.75): ORT intra-op threads
