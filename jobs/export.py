@@ -67,10 +67,10 @@ def local(path: Path, module, runs: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from r2p1d_batch.export import DeviceGraph
+    from r2p1d_batch.export import DeviceGraph, cpu_session
     from r2p1d_batch.audit.metrics import compare
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = cpu_session(path)
     clip = np.random.default_rng(0).random((1, 3, 16, 112, 112), dtype=np.float32)
     out = sess.run(["class_probs"], {"video": clip})[0]  # warm-up
     times = []

@@ -96,3 +96,16 @@ def cached_export(module: torch.nn.Module, weights_id: str, *, graph: str = "uin
     if not path.is_file():
         export_onnx(module, path, graph=graph)
     return path
+
+
+def cpu_session(path: str | os.PathLike, threads: Optional[int] = None):
+    """An ONNX Runtime session on the CPU provider; ``threads`` intra-op threads (None: ORT's
+    default), operators run one at a time so the count is what the caller was given."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -282,4 +282,4 @@ class ClassifierActor:
         return out.select(schema.LABELED.names)
 
 
-SCORE_COLUMNS = ("label", "label_id", "score", "topk_ids", "topk_labels", "topk_scores", "probs")
+SCORE_COLUMNS = tuple(name for name, _ in schema.CLIP_SCORES) + ("probs",)

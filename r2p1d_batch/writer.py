@@ -173,7 +173,6 @@ class RunWriter:
         if len(self._clip_buf) >= self.flush_rows or len(self._video_buf) >= self.flush_rows:
             self._flush()
 
-
     def _maybe_finish(self, vid: str) -> None:
         video = self._pending_video.get(vid)
         clips = self._pending_clips.get(vid, {})

@@ -69,11 +69,10 @@ class OnnxRuntimeBackend:
     def __init__(self, onnx_path: Path | str, batch_size: int = 8, threads: Optional[int] = None):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        from ..export import cpu_session
+
         self.onnx_path, self.batch_size = Path(onnx_path), batch_size
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads)
         self.version = ort.__version__
 
     def run(self, clips_01: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
