@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
-    run(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out)
+    run(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
+        gpu_only=args.gpu_only)
     return 0
 
 

@@ -66,6 +66,8 @@ class ClipClassifier:
         self.amp = amp_dtype(self.cfg.amp) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            # amp=none means fp32 logits: no TF32 convolutions or matmuls behind the user's back.
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = self.amp is not None
             self.net = self.net.to(memory_format=torch.channels_last_3d)
             self.runtime = f"torch-cuda-{self.cfg.amp}"
         else:

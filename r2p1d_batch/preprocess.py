@@ -55,6 +55,15 @@ class FrameTransform:
         return np.ascontiguousarray(small[top : top + self.crop[0], left : left + self.crop[1]])
 
 
+def one_torch_thread() -> None:
+    """Run this process's torch on one thread, as a decode worker does. resize_exact needs one
+    thread and switches to it per frame otherwise, which costs more than the resize itself."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """torch bilinear, align_corners=False, antialias=False, float then round: the preset's pixels."""
     import torch

@@ -17,7 +17,7 @@ from . import schema
 from .classify import ClipClassifier
 from .config import Config
 from .decode import DecodeError, VideoSource
-from .preprocess import FrameTransform
+from .preprocess import FrameTransform, one_torch_thread
 from .sampling import ShortVideoError, plan_clips
 from .storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
 
@@ -231,6 +231,7 @@ class DecodeStage:
         self.cfg, self.run_id = cfg, run_id
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        one_torch_thread()
         buf: list[dict] = []
         ledger = CrashLedger(self.run_id)
         for row in batch.to_pylist():

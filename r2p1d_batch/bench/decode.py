@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import config as config_mod
 from ..decode import VideoSource
-from ..preprocess import FrameTransform
+from ..preprocess import FrameTransform, one_torch_thread
 from ..sampling import plan_clips
 from .report import ratio
 
@@ -53,7 +53,11 @@ def ffmpeg_fps(path, threads: int, seconds: Optional[float], scale=None) -> Opti
 def ours_fps(path, threads: int, seconds: Optional[float], scaler: str) -> float:
     """Every source frame kept (sampling at the source rate, clips back to back): the same
     work as ffmpeg converting every frame. Source frames per second, clips built and hashed."""
+    import torch
+
     cfg = config_mod.load(None, [f"decode.scaler={scaler}", f"decode.threads={threads}"])
+    torch_threads = torch.get_num_threads()
+    one_torch_thread()  # as in a decode worker
     t = time.perf_counter()
     n = 0
     with VideoSource(str(path), str(path), cfg.decode) as v:
@@ -61,7 +65,9 @@ def ours_fps(path, threads: int, seconds: Optional[float], scaler: str) -> float
         sampling = cfg.sampling.model_copy(update={"fps": fps, "stride_sec": cfg.sampling.clip_len / fps})
         for clip in v.clips(plan_clips(sampling, v.info.duration, fps, None, seconds)):
             n += len(clip.frames)
-    return n / (time.perf_counter() - t)
+    fps = n / (time.perf_counter() - t)
+    torch.set_num_threads(torch_threads)
+    return fps
 
 
 def decord_fps(path, threads: int, seconds: Optional[float], size: tuple[int, int]) -> Optional[float]:

@@ -49,7 +49,8 @@ def runtime_rows(batch: int, threads: int, iters: int, weights: str = "random", 
         cl = loaded.module.to(memory_format=torch.channels_last_3d)
         add("torch-cpu-fp32 channels_last_3d", lambda c: eager(c, cl, torch.channels_last_3d))
         loaded.module.to(memory_format=torch.contiguous_format)
-        cfg = config_mod.load(None, [f"model.weights={weights}", "model.runtime=onnxruntime", f"model.num_cpus={threads}"])
+        cfg = config_mod.load(None, [f"model.weights={weights}", "model.runtime=onnxruntime", "model.device=cpu",
+                                     f"model.num_cpus={threads}"])
         clf = ClipClassifier(cfg.model)
         add(clf.runtime, clf.logits)
     if torch.cuda.is_available():

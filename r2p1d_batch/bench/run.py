@@ -36,7 +36,7 @@ MODES = {
 
 
 def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "random", inputs_dir=None,
-        out: str = "bench.json") -> dict:
+        out: str = "bench.json", gpu_only: bool = False) -> dict:
     from .. import config as config_mod
 
     m = MODES[mode]
@@ -75,7 +75,7 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         batch = m.model_batch or config_mod.load().model.effective_batch_size
         import os
 
-        section("model", runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_iters, weights),
+        section("model", runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_iters, weights, gpu_only),
                 [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips"])
     if "e2e" in sections and m.e2e_videos:
         from .e2e import e2e_rows
