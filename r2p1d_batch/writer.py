@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
@@ -49,6 +50,13 @@ class RunSummary:
     errors_by_class: dict = field(default_factory=dict)
     wall_sec: float = 0.0
     clips_per_sec: float = 0.0
+    # Start-up vs steady state, from labeled clip rows reaching the writer (driver clock):
+    # first_clip_sec = run start to the first one (validation, Ray and actor start-up, the first
+    # decode and classify); steady_clips_per_sec = clips after the first delivered block (one per
+    # video, or per ~128 MiB of clips) / (last arrival - first arrival). None when no clip, or
+    # only one block of clips, arrived.
+    first_clip_sec: Optional[float] = None
+    steady_clips_per_sec: Optional[float] = None
     committed: bool = False
     config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
     committed_at: str = ""
@@ -64,12 +72,18 @@ class RunSummary:
             f"  manifest {self.manifest_rows} ({self.mode}): new {self.videos_new}, changed {self.videos_changed}, "
             f"retried {self.videos_retried}, forced {self.videos_forced}, skipped {self.videos_skipped}",
             f"  videos {self.videos} (ok {self.videos_ok}, error {self.videos_error}); errors: {errors}",
-            f"  clips {self.clips} in {self.wall_sec:.1f} s = {self.clips_per_sec:.2f} clips/s",
+            f"  clips {self.clips} in {self.wall_sec:.1f} s = {self.clips_per_sec:.2f} clips/s" + self._steady_text(),
             f"  weights {self.weights}  runtime {self.runtime}  sampling {self.sampling}",
         ]
         if self.random_weights:
             lines.append("  !! RANDOM WEIGHTS: these labels are meaningless (smoke run); every row says so !!")
         return "\n".join(lines)
+
+    def _steady_text(self) -> str:
+        if self.first_clip_sec is None:
+            return ""
+        steady = f", then {self.steady_clips_per_sec:.2f} clips/s" if self.steady_clips_per_sec else ""
+        return f" (first clip at {self.first_clip_sec:.1f} s{steady})"
 
 
 class _PartWriter:
@@ -113,7 +127,7 @@ class RunWriter:
 
     def __init__(self, output: str, run_id: str, manifest: pa.Table, *, sampling: str, topk_n: int,
                  rows_per_file: int = 200_000, storage=None, flush_rows: int = 2000,
-                 config: Optional[dict] = None):
+                 config: Optional[dict] = None, started: Optional[float] = None):
         self.output, self.run_id, self.sampling, self.k = output.rstrip("/"), run_id, sampling, topk_n
         self.fs, root = filesystem(self.output, storage)
         self.root = root.rstrip("/")
@@ -142,6 +156,11 @@ class RunWriter:
         self.summary = RunSummary(run_id=run_id, output=output, sampling=sampling, config=config or {})
         self.labels = np.array(categories(), dtype=object)
         self._model_info: Optional[tuple[str, str]] = None
+        # Clip arrivals for first_clip_sec / steady_clips_per_sec (perf_counter; started = run start).
+        self._started = time.perf_counter() if started is None else started
+        self._first_arrival: Optional[float] = None
+        self._first_batch_clips = self._clips_arrived = 0
+        self._last_arrival = 0.0
 
     def _heartbeat(self) -> None:
         # A thread, so the lease stays fresh while rows stall (actors starting, a long video).
@@ -153,6 +172,7 @@ class RunWriter:
 
     # -- streaming in ---------------------------------------------------------------------
     def add(self, batch: pa.Table) -> None:
+        arrived, new_clips = time.perf_counter(), 0
         for row in batch.to_pylist():
             vid = row["video_id"]
             if vid in self._done:
@@ -167,11 +187,19 @@ class RunWriter:
                     pending[row["clip_index"]] = row
                     acc = self._prob_sums.get(vid)
                     self._prob_sums[vid] = np.asarray(probs, np.float64) + (0.0 if acc is None else acc)
+                    new_clips += 1
             else:
                 self._pending_video[vid] = row
             self._maybe_finish(vid)
+        if new_clips:
+            self._clip_arrival(arrived, new_clips)
         if len(self._clip_buf) >= self.flush_rows or len(self._video_buf) >= self.flush_rows:
             self._flush()
+
+    def _clip_arrival(self, t: float, n: int) -> None:
+        if self._first_arrival is None:
+            self._first_arrival, self._first_batch_clips = t, n
+        self._last_arrival, self._clips_arrived = t, self._clips_arrived + n
 
     def _maybe_finish(self, vid: str) -> None:
         video = self._pending_video.get(vid)
@@ -234,6 +262,11 @@ class RunWriter:
         s.random_weights = s.weights.startswith("random:")
         s.wall_sec = round(wall_sec, 3)
         s.clips_per_sec = round(s.clips / wall_sec, 3) if wall_sec > 0 else 0.0
+        if self._first_arrival is not None:
+            s.first_clip_sec = round(self._first_arrival - self._started, 3)
+            span = self._last_arrival - self._first_arrival
+            if span > 0:
+                s.steady_clips_per_sec = round((self._clips_arrived - self._first_batch_clips) / span, 3)
         self._stop_beat.set()
         files = []
         for table, part_writer in zip(runs.TABLES, (self._clips, self._videos)):

@@ -1,5 +1,6 @@
-"""Benchmark pieces: ffmpeg command lines, report formatting, a tiny smoke run, and the
-decode-path changes the benchmark drove (shared swscale context, swscale knob)."""
+"""Benchmark pieces: ffmpeg command lines, report formatting, the roofline, the e2e row
+arithmetic, a tiny smoke run, and the decode-path changes the benchmark drove (shared swscale
+context, swscale knob)."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,12 @@ import pytest
 
 from r2p1d_batch import config
 from r2p1d_batch.bench.decode import ffmpeg_cmd
+from r2p1d_batch.bench.e2e import pipeline_row
 from r2p1d_batch.bench.report import format_report, format_table, ratio
+from r2p1d_batch.bench.roofline import model_gflop_per_clip, needed_note, sgemm_gflops
 from r2p1d_batch.decode import VideoSource
 from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.writer import RunSummary
 from tests.synth import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,16 +43,55 @@ def test_format_table_and_report():
     assert ratio(2.0, 4.0) == 0.5 and ratio(1.0, None) is None and ratio(0.0, 1.0) is None
 
 
+def test_model_gflop_per_clip():
+    """R(2+1)D-18 at 16x112x112: 81.0 GFLOP (2 x multiply-adds), counted from the graph."""
+    g = model_gflop_per_clip()
+    assert 80.0 <= g <= 82.0
+    assert model_gflop_per_clip(8) == pytest.approx(g / 2, rel=0.01)  # temporal size halves every layer's output
+
+
+def test_sgemm_gflops_keeps_the_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    assert sgemm_gflops(1, n=128, seconds=0.05) > 0
+    assert torch.get_num_threads() == before
+    assert needed_note(200.0, 320.0, 2) == ("2x eager would need 400 GFLOP/s = 125% of the measured fp32 matmul "
+                                            "peak (320 GFLOP/s at 2 threads)")
+
+
+def test_pipeline_row_against_stages_and_naive_bound():
+    s = RunSummary(run_id="r", output="o", clips=40, first_clip_sec=12.0, steady_clips_per_sec=2.4)
+    row = pipeline_row("cpu.yaml", 40, 25.0, s, decode_cps=20.0, model_cps=2.5, naive_cps=2.0)
+    assert row["clips_per_s"] == pytest.approx(1.6) and row["vs_slowest_stage"] == pytest.approx(1.6 / 2.5)
+    assert row["vs_naive"] == pytest.approx(0.8) and row["steady_vs_slowest"] == pytest.approx(2.4 / 2.5)
+    assert row["max_vs_naive"] == pytest.approx(2.5 / 2.0)  # the slowest stage bounds any pipeline
+    assert row["first_clip_s"] == 12.0
+    one_block = pipeline_row("default", 8, 10.0, RunSummary(run_id="r", output="o", clips=8), 20.0, 1.0, 2.0)
+    assert one_block["steady_clips_per_s"] is None and one_block["steady_vs_slowest"] is None
+
+
 def test_bench_tiny_smoke(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny", "--only", "decode", "--only", "sparse",
-                        "--inputs", str(tmp_path / "in"), "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--only", "model", "--inputs", str(tmp_path / "in"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     rows = res["sections"]["decode"]["rows"]
     assert {x["scaler"] for x in rows} == {"exact", "cv2", "swscale"} and all(x["ours_fps"] > 0 for x in rows)
     assert res["sections"]["sparse"]["rows"][0]["clips"] == 5
     assert "== decode ==" in r.stdout
+    model = res["sections"]["model"]
+    *runtimes, roof = model["rows"]
+    assert [x["runtime"] for x in runtimes] == ["torch-cpu-fp32 (eager)", "torch-cpu-fp32 channels_last_3d",
+                                                "onnxruntime-cpu-fp32"]
+    for x in runtimes:
+        assert x["batches"] >= 1 and x["gflops"] == pytest.approx(x["clips_per_s"] * model_gflop_per_clip())
+        assert x["pct_of_sgemm_peak"] == pytest.approx(100 * x["gflops"] / roof["gflops"])
+    assert runtimes[2]["max_abs_dlogit"] <= 1e-4
+    assert roof["runtime"].startswith("roofline") and roof["gflops"] > 0 and roof["pct_of_sgemm_peak"] == 100.0
+    assert any("2x eager would need" in n for n in model["notes"]) and all(sec["wall_s"] > 0 for sec in res["sections"].values())
 
 
 def _clips(path, scaler):

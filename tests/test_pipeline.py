@@ -33,6 +33,7 @@ def test_uniform_run_with_checkpoint_reproduces_labels(ray_local, tmp_path):
     summary = run(cfg)
     assert summary.committed and summary.videos_ok == 2 and summary.clips == 4
     assert summary.weights.startswith("file:w.pth@sha256:") and not summary.random_weights
+    assert 0 < summary.first_clip_sec <= summary.wall_sec  # start-up, then the clips reach the writer
 
     con = duckdb.connect()
     clips = con.execute(f"SELECT uri, clip_index, start_sec, clip_sha, label, score FROM "

@@ -105,6 +105,28 @@ def test_rows_resent_by_a_retried_task_are_written_once(tmp_path):
     assert s.videos == 2 and s.clips == 5 and w.duplicates_dropped > 0
 
 
+def test_first_clip_and_steady_rate_count_clip_arrivals_only(tmp_path):
+    """first_clip_sec runs from the run's start; steady_clips_per_sec counts the clips after the
+    first block over first to last arrival: a resent block adds neither clips nor time."""
+    started = time.perf_counter() - 5.0  # the run began 5 s before its first clip
+    w = RunWriter(str(tmp_path), "20260101T000000Z-dddddd", manifest("a", "b"), sampling="dense", topk_n=1,
+                  started=started)
+    w.add(labeled("a", 2))
+    time.sleep(0.2)
+    w.add(labeled("b", 3))
+    time.sleep(1.0)
+    w.add(labeled("b", 3))  # a retried task's late duplicate: not an arrival
+    s = w.commit(time.perf_counter() - started)
+    assert 5.0 <= s.first_clip_sec < s.wall_sec
+    assert 3 / 1.0 < s.steady_clips_per_sec <= 3 / 0.2  # 3 clips over ~0.2 s, not over the 1.2 s to the duplicate
+    assert "first clip at 5." in s.text()
+    one = writer(tmp_path / "one", "20260101T000000Z-eeeeee", ids=("a",))
+    one.add(labeled("a", 2))
+    s1 = one.commit(1.0)
+    assert s1.first_clip_sec is not None and s1.steady_clips_per_sec is None  # one block: no rate
+    assert json.loads(s1.to_json())["steady_clips_per_sec"] is None
+
+
 def test_an_error_video_keeps_no_clips_and_counts_its_class(tmp_path):
     w = writer(tmp_path, "20260101T000000Z-cccccc")
     w.add(labeled("a", 2, status="error"))

@@ -33,14 +33,16 @@ def _decode_alone(cfg, videos) -> tuple[float, list[np.ndarray]]:
     return time.perf_counter() - t, clips
 
 
-def _model_alone(cfg, clips) -> float:
+def _model_alone(cfg, clips) -> tuple[float, str]:
+    """Seconds for the classifier alone on ``clips`` at the config's resources (runtime,
+    round(model.num_cpus) threads, batch size), after one warm-up batch; and what it ran."""
     clf = ClipClassifier(cfg.model)
     b = cfg.model.effective_batch_size
     clf(np.stack(clips[:b]))  # warm-up
     t = time.perf_counter()
     for i in range(0, len(clips), b):
         clf(np.stack(clips[i : i + b]))
-    return time.perf_counter() - t
+    return time.perf_counter() - t, f"{clf.runtime}, {clf.threads} thread{'s' * (clf.threads > 1)}"
 
 
 def naive_loop(cfg, videos, threads: int) -> tuple[float, int]:
@@ -68,32 +70,56 @@ def naive_loop(cfg, videos, threads: int) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
-def e2e_rows(videos: list[Path], overrides: list[str], naive_threads: int) -> tuple[list[dict], list[str]]:
+def pipeline_row(profile: str, n: int, e2e_s: float, summary, decode_cps: float, model_cps: float,
+                 naive_cps: float) -> dict:
+    """One pipeline.run against its stages alone and the naive loop. Whole-run figures count
+    start-up; steady_* use RunSummary.steady_clips_per_sec (clips after the first block over
+    first to last arrival at the writer). max_vs_naive bounds vs_naive: a pipeline cannot beat
+    its slowest stage, and the naive loop already runs the model, the slowest stage, on all cores."""
+    slowest, cps, steady = min(decode_cps, model_cps), n / e2e_s, summary.steady_clips_per_sec
+    return {"what": f"pipeline.run [{profile}]", "clips": summary.clips, "clips_per_s": cps,
+            "vs_slowest_stage": cps / slowest, "vs_naive": cps / naive_cps, "first_clip_s": summary.first_clip_sec,
+            "steady_clips_per_s": steady, "steady_vs_slowest": steady / slowest if steady else None,
+            "max_vs_naive": slowest / naive_cps}
+
+
+def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | None],
+             naive_threads: int) -> tuple[list[dict], list[str]]:
+    """``profiles``: config files layered on the defaults (None: the defaults alone); each one's
+    pipeline is compared with the model stage alone at that profile's resources."""
     import ray
 
     from ..pipeline import init_ray, run
 
+    names = [p.name if p else "default" for p in profiles]
+    measured = []  # (profile, model alone: seconds and what ran, pipeline seconds, summary)
     with tempfile.TemporaryDirectory(prefix="r2p1d-bench-") as tmp:
         manifest = write_manifest(videos, Path(tmp) / "manifest.parquet")
-        cfg = config_mod.load(None, ["ray.progress_bars=false", *overrides], manifest=str(manifest),
-                              **{"output.path": str(Path(tmp) / "out")})
-        dec_s, clips = _decode_alone(cfg, videos)
-        model_s = _model_alone(cfg, clips)
-        init_ray(cfg)  # a warm cluster, as with `ray job submit`; actor start-up is counted
-        t = time.perf_counter()
-        summary = run(cfg)
-        e2e_s = time.perf_counter() - t
-        ray.shutdown()
-    naive_s, naive_n = naive_loop(cfg, videos, naive_threads)
+        cfgs = [config_mod.load(p, ["ray.progress_bars=false", *overrides], manifest=str(manifest),
+                                **{"output.path": str(Path(tmp) / f"out-{name}")}) for p, name in zip(profiles, names)]
+        dec_s, clips = _decode_alone(cfgs[0], videos)
+        for name, cfg in zip(names, cfgs):
+            model_s, model_what = _model_alone(cfg, clips)
+            init_ray(cfg)  # a warm cluster, as with `ray job submit`; actor start-up is counted
+            t = time.perf_counter()
+            summary = run(cfg)
+            e2e_s = time.perf_counter() - t
+            ray.shutdown()
+            measured.append((name, model_s, model_what, e2e_s, summary))
+    naive_s, naive_n = naive_loop(cfgs[0], videos, naive_threads)
     n = len(clips)
-    stage = {"decode (1 task, 1 core)": n / dec_s, f"model ({cfg.model.runtime}, {cfg.model.num_cpus:g} cpu)": n / model_s}
-    slowest = min(stage.values())
-    rows = [{"what": k, "clips": n, "clips_per_s": v} for k, v in stage.items()]
-    rows.append({"what": "pipeline.run (jobs/label.py)", "clips": summary.clips,
-                 "clips_per_s": n / e2e_s, "vs_slowest_stage": n / e2e_s / slowest})
+    decode_cps, naive_cps = n / dec_s, naive_n / naive_s
+    rows = [{"what": "decode alone (1 task, 1 core)", "clips": n, "clips_per_s": decode_cps}]
+    for name, model_s, model_what, e2e_s, summary in measured:
+        rows.append({"what": f"model alone ({model_what}) [{name}]", "clips": n, "clips_per_s": n / model_s})
+        rows.append(pipeline_row(name, n, e2e_s, summary, decode_cps, n / model_s, naive_cps))
     rows.append({"what": f"naive loop (full decode, eager torch, {naive_threads} threads)", "clips": naive_n,
-                 "clips_per_s": naive_n / naive_s})
-    rows[-2]["vs_naive"] = (n / e2e_s) / (naive_n / naive_s)
-    notes = [f"{len(videos)} videos, {n} clips; overrides: {' '.join(overrides) or '(defaults)'}; "
-             "e2e time includes actor start-up on an already running local Ray"]
+                 "clips_per_s": naive_cps})
+    notes = [f"{len(videos)} videos, {n} clips; profiles: {', '.join(names)} (configs/); overrides: {' '.join(overrides)}",
+             "clips_per_s, vs_*: the whole pipeline.run on an already running local Ray, start-up included "
+             "(validation, actor start-up, first decode and batch); first_clip_s: run start to the first labeled "
+             "clip at the writer; steady_clips_per_s: clips after the first block / (last - first clip arrival at "
+             "the writer), RunSummary.steady_clips_per_sec; the writer gets one block per video",
+             "slowest stage = min(decode alone, model alone at the profile's runtime and threads; its warm-up "
+             "batch excluded); max_vs_naive = slowest stage / naive loop, the most vs_naive can be on this machine"]
     return rows, notes

@@ -16,21 +16,25 @@ class Mode:
     decode_seconds: float | None  # decode this much of each (None: all)
     sparse_video: tuple[str, int]
     fidelity_clips: int
-    model_iters: int
+    model_seconds: float  # time each runtime for at least this long ...
+    model_batches: int  # ... and at least this many batches (after a warm-up batch)
     model_batch: int | None  # None: the configured batch size
     e2e_videos: tuple[tuple[str, int], ...]
     e2e_stride: float
+    e2e_profiles: tuple[str | None, ...]  # config files in configs/ (None: the defaults)
     memory_videos: tuple[tuple[str, int], ...]
     memory_stride: float
 
 
 MODES = {
-    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 1, 2, (), 1.0, (), 60.0),
-    # quick: a few minutes on 2 cores; the model stage dominates, so e2e runs 2 x 20 clips.
-    "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 1, None,
-                  (("360p", 40), ("360p", 40)), 2.0, (("1080p", 60), ("1080p", 1800)), 60.0),
-    "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 3, None,
-                 (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0,
+    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0),
+    # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
+    # gets one block per video: a steady rate needs a few) with the small-CPU profile only (the
+    # defaults' rows would cost another ~65 s).
+    "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
+                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0),
+    "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
+                 (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
                  (("1080p", 60), ("1080p", 1800)), 30.0),
 }
 
@@ -42,10 +46,13 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
     m = MODES[mode]
     vid = lambda k_s: inputs.video(k_s[0], k_s[1], inputs_dir)  # noqa: E731
     result = {"mode": mode, "machine": machine(), "sections": {}}
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
 
     def section(name, rows, notes=(), **extra):
-        result["sections"][name] = {"rows": rows, "notes": list(notes), **extra}
+        nonlocal last
+        now = time.perf_counter()
+        result["sections"][name] = {"rows": rows, "notes": list(notes), "wall_s": now - last, **extra}
+        last = now
         write_json(result, out)  # after every section: a long run that dies still leaves figures
         print(format_report({"machine": result["machine"], "sections": {name: result["sections"][name]}}).split("\n", 1)[1],
               flush=True)
@@ -75,14 +82,18 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         batch = m.model_batch or config_mod.load().model.effective_batch_size
         import os
 
-        section("model", runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_iters, weights, gpu_only),
-                [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips"])
+        rows, notes = runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_seconds, m.model_batches, weights,
+                                   gpu_only)
+        section("model", rows, [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips; each runtime "
+                                f"timed >= {m.model_seconds:g} s and >= {m.model_batches} batches after a warm-up batch",
+                                *notes])
     if "e2e" in sections and m.e2e_videos:
         from .e2e import e2e_rows
 
         rows, notes = e2e_rows([vid(v) for v in m.e2e_videos],
                                [f"model.weights={weights}", f"sampling.stride_sec={m.e2e_stride}", "ray.num_cpus=2",
-                                "ray.object_store_memory_mb=300"], naive_threads=2)
+                                "ray.object_store_memory_mb=300"],
+                               [p and config_mod.CONFIG_DIR / p for p in m.e2e_profiles], naive_threads=2)
         section("e2e", rows, notes)
     if "memory" in sections and m.memory_videos:
         from .memory import memory_rows
