@@ -61,7 +61,7 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         from .decode import throughput_rows
 
         rows, notes = throughput_rows({f"{k}": vid((k, s)) for k, s in m.decode_videos}, threads, m.decode_seconds)
-        section("decode", rows, notes + [f"frames/s over {f'the first {m.decode_seconds:g} s' if m.decode_seconds else 'the whole file'}; every frame "
+        section("decode", rows, notes + [f"frames/s over {f'the first {m.decode_seconds:g} s' if m.decode_seconds else 'the whole file'}; best of 3 runs each; every frame "
                                          "converted and resized to 112x112 clips (ours) / RGB24 (ffmpeg, decord)"])
     if "sparse" in sections:
         from .decode import sparse_row
