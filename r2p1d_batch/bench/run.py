@@ -67,7 +67,8 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         from .decode import sparse_row
 
         section("sparse", [sparse_row(vid(m.sparse_video))],
-                ["full decode = every frame decoded, none converted (a lower bound for any full decode)"])
+                ["full decode = every frame decoded, none converted (a lower bound for any full decode); "
+                 "best of 3 runs each"])
     if "fidelity" in sections:
         from .decode import fidelity_rows
 
