@@ -136,3 +136,15 @@ def test_exact_path_matches_preset(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(clip, ref)
+
+
+def test_peak_rss_splits_the_process_tree_by_role():
+    """The memory section's sampler: a child whose title names the decode stage counts as decode."""
+    from r2p1d_batch.bench.memory import peak_rss
+
+    child = "import time; x = bytearray(64 << 20); time.sleep(2.0)  # ray::MapBatches(DecodeStage)"
+    total, by_role, wall, rc = peak_rss([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
+                                        interval=0.05)
+    assert rc == 0 and wall >= 2.0
+    assert by_role["decode"] >= 64 << 20 and by_role["driver"] < by_role["decode"]
+    assert total >= by_role["decode"] + by_role["driver"] - (1 << 20)
