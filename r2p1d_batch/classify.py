@@ -61,6 +61,7 @@ class ClipClassifier:
             self._init_torch(loaded)
 
     def _init_torch(self, loaded) -> None:
+        self._pinned: torch.Tensor | None = None
         self.normalize = Normalize().to(self.device)
         self.net = loaded.module.to(self.device)
         self.amp = amp_dtype(self.cfg.amp) if self.device.type == "cuda" else None
@@ -88,9 +89,22 @@ class ClipClassifier:
             return self.session.run(None, {self.input_name: np.ascontiguousarray(clips, dtype=np.uint8)})[0]
         return self._torch_logits(clips)
 
+    def _host_tensor(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 clips as a host tensor: on CUDA actors a reused pinned buffer (one copy, async
+        upload; the caller's .cpu() syncs before the next call refills it); on CPU, the clips."""
+        clips = np.ascontiguousarray(clips, dtype=np.uint8)
+        if self.device.type != "cuda":
+            return torch.from_numpy(clips if clips.flags.writeable else clips.copy())
+        if self._pinned is None or len(self._pinned) < len(clips) or self._pinned.shape[1:] != clips.shape[1:]:
+            self._pinned = torch.empty((max(len(clips), self.cfg.effective_batch_size), *clips.shape[1:]),
+                                       dtype=torch.uint8, pin_memory=True)
+        host = self._pinned[: len(clips)]
+        host.numpy()[...] = clips
+        return host
+
     @torch.inference_mode()
     def _torch_logits(self, clips: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(clips)).to(self.device, non_blocking=True)
+        x = self._host_tensor(clips).to(self.device, non_blocking=True)
         x = self.normalize(x)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last_3d)
