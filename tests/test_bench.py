@@ -148,3 +148,16 @@ def test_peak_rss_splits_the_process_tree_by_role():
     assert rc == 0 and wall >= 2.0
     assert by_role["decode"] >= 64 << 20 and by_role["driver"] < by_role["decode"]
     assert total >= by_role["decode"] + by_role["driver"] - (1 << 20)
+
+
+def test_gpu_only_model_section_skips_the_cpu_runtimes():
+    """--gpu-only: eager (the reference) and the CUDA rows only; on a CPU machine just eager."""
+    import torch
+
+    from r2p1d_batch.bench.model import runtime_rows
+
+    rows, _ = runtime_rows(1, 1, 0.0, 1, gpu_only=True)
+    names = [r["runtime"] for r in rows]
+    assert names[0] == "torch-cpu-fp32 (eager)" and names[-1].startswith("roofline")
+    assert not any("onnxruntime" in n or "channels_last_3d" in n and "cuda" not in n for n in names)
+    assert any("cuda" in n for n in names) == torch.cuda.is_available()
