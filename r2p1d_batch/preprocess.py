@@ -7,6 +7,8 @@ uint8 tensor). Normalisation is not done here: it runs on the device that runs t
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -55,9 +57,25 @@ class FrameTransform:
         return np.ascontiguousarray(small[top : top + self.crop[0], left : left + self.crop[1]])
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on ``n`` intra-op threads inside the block, the previous count restored after.
+    Switching costs more than a per-frame resize: a no-op when the count is already ``n``."""
+    import torch
+
+    prev = torch.get_num_threads()
+    if prev != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if prev != n:
+            torch.set_num_threads(prev)
+
+
 def one_torch_thread() -> None:
-    """Run this process's torch on one thread, as a decode worker does. resize_exact needs one
-    thread and switches to it per frame otherwise, which costs more than the resize itself."""
+    """Run this process's torch on one thread, as a decode worker does, so resize_exact's
+    torch_threads(1) never switches."""
     import torch
 
     if torch.get_num_threads() != 1:
@@ -74,14 +92,8 @@ def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # to flip a pixel at .5), and clip_sha must not depend on the process's thread count
     # (a Ray decode task has 1, the audit's re-decode may have more). A per-frame resize is
     # too small to split anyway: extra threads only spin against the decoder.
-    threads = torch.get_num_threads()
-    if threads != 1:
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
     return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 

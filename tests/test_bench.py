@@ -116,7 +116,7 @@ def test_exact_path_matches_preset(tmp_path):
     import av
     import torch
 
-    from r2p1d_batch.preprocess import preset
+    from r2p1d_batch.preprocess import preset, torch_threads
 
     p = make_video(tmp_path / "n.mp4", n_frames=20, fps=15, size=(200, 150), pattern="noise")
     clip = _clips(p, "exact")[0]
@@ -128,13 +128,9 @@ def test_exact_path_matches_preset(tmp_path):
     x = torch.from_numpy(frames).permute(0, 3, 1, 2)
     # The preset on one torch thread, as the decode stage runs it: torch's CPU bilinear kernel
     # rounds differently when a call is split over threads (a pixel may move by 1 level).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ref = TF.center_crop(TF.resize(x, list(pre.resize_size), interpolation=pre.interpolation, antialias=False),
                              list(pre.crop_size)).permute(0, 2, 3, 1).numpy()
-    finally:
-        torch.set_num_threads(threads)
     assert np.array_equal(clip, ref)
 
 

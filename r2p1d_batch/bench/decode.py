@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import config as config_mod
 from ..decode import VideoSource
-from ..preprocess import FrameTransform, one_torch_thread
+from ..preprocess import FrameTransform, torch_threads
 from ..sampling import plan_clips
 from .report import ratio
 
@@ -53,25 +53,19 @@ def ffmpeg_fps(path, threads: int, seconds: Optional[float], scale=None) -> Opti
 def ours_fps(path, threads: int, seconds: Optional[float], scaler: str) -> float:
     """Every source frame kept (sampling at the source rate, clips back to back): the same
     work as ffmpeg converting every frame. Source frames per second, clips built and hashed."""
-    import torch
-
     cfg = config_mod.load(None, [f"decode.scaler={scaler}", f"decode.threads={threads}"])
-    torch_threads = torch.get_num_threads()
+    FrameTransform.from_preset()  # the preset's imports, once, outside the timing
     # As in a decode worker: one torch thread. Left at the process default, the full-size uint8
     # -> float conversion of the exact path ran on every core, which "1 thread" must not count.
-    one_torch_thread()
-    FrameTransform.from_preset()  # the preset's imports, once, outside the timing
-    t = time.perf_counter()
-    n = 0
-    try:
+    with torch_threads(1):
+        t = time.perf_counter()
+        n = 0
         with VideoSource(str(path), str(path), cfg.decode) as v:
             fps = v.info.fps
             sampling = cfg.sampling.model_copy(update={"fps": fps, "stride_sec": cfg.sampling.clip_len / fps})
             for clip in v.clips(plan_clips(sampling, v.info.duration, fps, None, seconds)):
                 n += len(clip.frames)
         return n / (time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 def decord_fps(path, threads: int, seconds: Optional[float], size: tuple[int, int]) -> Optional[float]:

@@ -11,6 +11,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ..preprocess import torch_threads
+
 
 @lru_cache(maxsize=None)
 def model_gflop_per_clip(frames: int = 16, size: int = 112) -> float:
@@ -39,9 +41,7 @@ def model_gflop_per_clip(frames: int = 16, size: int = 112) -> float:
 def sgemm_gflops(threads: int, n: int = 2048, seconds: float = 1.0) -> float:
     """fp32 matmul peak: the best of repeated n x n x n torch matmuls on ``threads`` threads
     for ``seconds`` (the best, not the mean: a roofline is what the cores can do at all)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
         torch.mm(a, b, out=c)  # warm-up: packing buffers, thread pool
         best, end = 0.0, time.perf_counter() + seconds
@@ -50,8 +50,6 @@ def sgemm_gflops(threads: int, n: int = 2048, seconds: float = 1.0) -> float:
             torch.mm(a, b, out=c)
             best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
         return best
-    finally:
-        torch.set_num_threads(prev)
 
 
 def needed_note(eager_gflops: float, peak_gflops: float, threads: int, factor: float = 2.0) -> str:
