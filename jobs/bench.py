@@ -1,43 +1,10 @@
-"""Benchmark every stage side by side: python jobs/bench.py [--quick|--tiny] [--gpu-only] [--out bench.json]
-
-Inputs are synthetic H.264 videos generated once and cached (R2P1D_BENCH_INPUTS or
-~/.cache/r2p1d_batch/bench). Prints a table per section and writes them all as JSON.
-"""
-from __future__ import annotations
-
-import argparse
-import logging
+"""`r2p1d bench ...` from a checkout, as `python jobs/bench.py ...` (what `ray job submit
+--working-dir .` and the infra/ manifests run). See `r2p1d bench --help`."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
-
-from r2p1d_batch.bench.run import SECTIONS, run  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="short inputs, a few minutes on 2 cores")
-    size.add_argument("--tiny", action="store_true", help="smoke run on tiny inputs (seconds; figures meaningless)")
-    p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
-    p.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)")
-    p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
-    p.add_argument("--weights", default="random", help="model weights (kinetics400 when cached)")
-    p.add_argument("--inputs", help="directory for the cached input videos")
-    p.add_argument("--out", default="bench.json", help="JSON output path (default bench.json)")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
-    run(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
-        gpu_only=args.gpu_only)
-    return 0
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package, installed or not
+from r2p1d_batch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,26 +1,10 @@
-"""Make the Kinetics-400 weights available in the torch hub cache, or say where to put them.
-
-Exit 0 when they are cached (or were just downloaded), 1 when they cannot be had here.
-"""
-from __future__ import annotations
-
+"""`r2p1d fetch-weights ...` from a checkout, as `python jobs/fetch_weights.py ...` (what `ray job submit
+--working-dir .` and the infra/ manifests run). See `r2p1d fetch-weights --help`."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from r2p1d_batch.model import WeightsError, kinetics_checkpoint_path, load_model  # noqa: E402
-
-
-def main() -> int:
-    try:
-        load_model("kinetics400")
-    except WeightsError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(kinetics_checkpoint_path())
-    return 0
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package, installed or not
+from r2p1d_batch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["fetch-weights", *sys.argv[1:]]))

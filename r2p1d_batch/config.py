@@ -11,11 +11,15 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from .errors import UserError
+
+# Shipped with the package (the checkout's top-level configs/ points here): the defaults and
+# the profiles, which --config also takes by name (``--config cpu``).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config file, key or value; raised before any work starts."""
 
 
@@ -167,7 +171,7 @@ class AuditConfig(_Section):
     thresholds: AuditThresholds = AuditThresholds()
 
 
-class RunConfig(_Section):
+class RunPolicyConfig(_Section):
     # incremental: label only manifest rows without a committed row (ok or error) for the same
     # (video_id, source fingerprint, weights); rerun_failed: also retry committed error rows;
     # force: label every row again (the "current" views then show the newest run's rows).
@@ -181,7 +185,7 @@ class RunConfig(_Section):
 
 class Config(_Section):
     manifest: str = ""
-    run: RunConfig = RunConfig()
+    run: RunPolicyConfig = RunPolicyConfig()
     ray: RayConfig = RayConfig()
     sampling: SamplingConfig = SamplingConfig()
     decode: DecodeConfig = DecodeConfig()
@@ -191,7 +195,7 @@ class Config(_Section):
     audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
-    def _gpu_needs_cuda(self) -> "Config":
+    def _gpu_needs_cuda(self) -> Config:
         if self.model.num_gpus > 0 and self.model.device == "cpu":
             raise ValueError("model.num_gpus > 0 with model.device=cpu: pick one")
         return self
@@ -249,11 +253,27 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def profiles() -> list[str]:
+    """Names of the profiles shipped with the package (``--config NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "default")
+
+
+def profile_path(path: str | os.PathLike) -> Path:
+    """A YAML file, or the name of a shipped profile (``cpu``, ``cluster``)."""
+    p = Path(path)
+    if p.exists() or p.suffix or os.sep in str(path):
+        return p
+    shipped = CONFIG_DIR / f"{p}.yaml"
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"config file not found: {path} (shipped profiles: {', '.join(profiles())})")
+
+
 def load(path: str | os.PathLike | None = None, overrides: list[str] = (), **top: Any) -> Config:
     """Defaults, then ``path`` (a profile layered on the defaults), then ``--set`` overrides."""
-    tree = _read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else {}
-    if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
-        tree = _merge(tree, _read_yaml(Path(path)))
+    tree = _read_yaml(DEFAULT_CONFIG)  # package data: missing means a broken install, not "no defaults"
+    if path is not None and profile_path(path).resolve() != DEFAULT_CONFIG:
+        tree = _merge(tree, _read_yaml(profile_path(path)))
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value, text)

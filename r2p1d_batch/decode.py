@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterator, Optional
+from typing import Optional
 
 import av
 import numpy as np
@@ -105,7 +106,7 @@ class VideoSource:
         self._seen_frame = False
         self.info = self._probe()
 
-    def __enter__(self) -> "VideoSource":
+    def __enter__(self) -> VideoSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -200,7 +201,7 @@ class VideoSource:
         slots: dict[int, list] = {w.index: [None] * len(w.times) for w in windows}
         emitted = 0
         last_frame = None  # (t, pts, pixels-or-frame) of the most recent usable frame
-        for span_start, span_end, members in spans:
+        for span_start, _span_end, members in spans:
             seek_to = span_start if span_start > self.cfg.seek_gap_sec else None
             targets = sorted((t, w.index, i) for w in members for i, t in enumerate(w.times))
             ti, prev = 0, None

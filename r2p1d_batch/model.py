@@ -15,11 +15,13 @@ from typing import Optional
 import torch
 from torchvision.models.video import R2Plus1D_18_Weights, r2plus1d_18
 
+from .errors import UserError
+
 MODEL_NAME = "r2plus1d_18"
 KINETICS = R2Plus1D_18_Weights.KINETICS400_V1
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that cannot be loaded; the message says what to do."""
 
 

@@ -1,4 +1,9 @@
-"""run(cfg): manifest -> decode/sample -> classify -> write. One direction; stages numbered."""
+"""label(cfg): manifest -> decode/sample -> classify -> write. One direction; stages numbered.
+
+Stage 0 (driver): manifest.py validates, commit.py sweeps leftovers, incremental.py selects.
+Stage 1: one row per video.  Stage 2: decode_stage.py (CPU tasks).  Stage 3: classify_stage.py
+(actor pool).  Stage 4 (driver): writer.py, committed by commit.py.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,21 +16,24 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from . import runs
+from . import commit, incremental
+from .classify_stage import ClassifierActor
 from .config import Config
+from .decode_stage import DecodeStage
+from .faults import TEST_HOOKS_ENV, hook_target
 from .manifest import read_manifest
 from .model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
 from .sampling import sampling_id
-from .stages import TEST_HOOKS_ENV, ClassifierActor, DecodeStage, split_test_hook
 from .storage import aws_env, filesystem
 from .storage import resolve as resolve_storage
-from .writer import RunSummary, RunWriter
+from .summary import RunSummary
+from .writer import RunWriter
 
 log = logging.getLogger("r2p1d_batch")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-# A decode task whose worker dies is retried; stages.CRASHES_BEFORE_ERROR (< this) turns a
+# A decode task whose worker dies is retried; faults.CRASHES_BEFORE_ERROR (< this) turns a
 # video that keeps killing its decoder into an error row before the retries run out.
 DECODE_MAX_RETRIES = 3
 # A killed classifier actor is always restarted (max_restarts=-1); the batch it held is
@@ -78,6 +86,7 @@ def init_ray(cfg: Config) -> None:
     # and get the driver's AWS_* variables (credentials, profile) through the runtime_env.
     # On a cluster the job's own runtime_env carries them (ray job submit --runtime-env-json).
     ray.init(
+        address="local",  # a new local Ray, as documented; never a `ray start` cluster that happens to run here
         num_cpus=cfg.ray.num_cpus,
         object_store_memory=cfg.ray.object_store_memory_mb * 2**20 if cfg.ray.object_store_memory_mb else None,
         include_dashboard=False,
@@ -101,13 +110,13 @@ def _configure_data(cfg: Config) -> None:
     ctx.verbose_stats_logs = False
 
 
-def wait_for_output(cfg: Config) -> runs.Sweep:
+def wait_for_output(cfg: Config) -> commit.Sweep:
     """Sweep leftovers. A live lease from another host may be a driver that just died (a
     Kubernetes retry starts within seconds): wait until its heartbeat is stale_after_sec old.
     A live driver on this host is really running: no wait."""
-    deadline = time.monotonic() + cfg.run.stale_after_sec + 2 * RunWriter.HEARTBEAT_SEC
+    deadline = time.monotonic() + cfg.run.stale_after_sec + 2 * commit.HEARTBEAT_SEC
     while True:
-        swept = runs.sweep(cfg.output.path, cfg.storage, cfg.run.stale_after_sec)
+        swept = commit.sweep(cfg.output.path, cfg.storage, cfg.run.stale_after_sec)
         if not swept.live or swept.local_live or time.monotonic() > deadline:
             return swept
         log.warning("run %s holds %s (lease from another host): waiting for it to finish or go stale",
@@ -120,16 +129,16 @@ def plan(cfg: Config, manifest: pa.Table, weights: str) -> tuple[pa.Table, dict[
     Fingerprints are fetched here (one stat/HEAD per video, no data read) so skipping costs no
     decode. Returns the rows to label and the per-decision counts."""
     ids = manifest.column("video_id").to_pylist()
-    targets = [split_test_hook(u)[2] for u in manifest.column("uri").to_pylist()]
-    fps = runs.fingerprints(targets, cfg.storage)
-    committed = runs.committed_videos(cfg.output.path, cfg.storage)
-    decisions = runs.select(ids, fps, weights, committed, cfg.run.mode)
-    counts = {d: decisions.count(d) for d in (runs.NEW, runs.CHANGED, runs.RETRIED, runs.FORCED, runs.SKIP)}
-    todo = manifest.filter(pa.array([d != runs.SKIP for d in decisions]))
+    targets = [hook_target(u) for u in manifest.column("uri").to_pylist()]
+    fps = incremental.fingerprints(targets, cfg.storage)
+    committed = incremental.committed_videos(cfg.output.path, cfg.storage)
+    decisions = incremental.select(ids, fps, weights, committed, cfg.run.mode)
+    counts = {d: decisions.count(d) for d in incremental.DECISIONS}
+    todo = manifest.filter(pa.array([d != incremental.SKIP for d in decisions]))
     return todo, counts
 
 
-def run(cfg: Config) -> RunSummary:
+def label(cfg: Config) -> RunSummary:
     t0 = time.perf_counter()
     # Storage settings resolved here (config, else AWS env) travel to the workers inside cfg.
     cfg = cfg.model_copy(update={"storage": resolve_storage(cfg.storage)})
@@ -142,9 +151,9 @@ def run(cfg: Config) -> RunSummary:
     # Stage 0a (driver): leftovers of killed runs go; a live run on this output stops us.
     swept = wait_for_output(cfg)
     if swept.live:
-        raise runs.RunInProgressError(
+        raise commit.RunInProgressError(
             f"{cfg.output.path}: run {swept.live[0]} is still running (live lease in "
-            f"{runs.STAGING_DIR}/run_id={swept.live[0]}/); not starting a second writer"
+            f"{commit.STAGING_DIR}/run_id={swept.live[0]}/); not starting a second writer"
         )
     # Stage 0b (driver): incremental selection against the committed videos rows.
     todo, counts = plan(cfg, manifest, weights)
@@ -157,8 +166,8 @@ def run(cfg: Config) -> RunSummary:
     )
     s = writer.summary
     s.mode, s.manifest_rows, s.weights = cfg.run.mode, manifest.num_rows, weights
-    s.videos_new, s.videos_changed = counts[runs.NEW], counts[runs.CHANGED]
-    s.videos_retried, s.videos_forced, s.videos_skipped = counts[runs.RETRIED], counts[runs.FORCED], counts[runs.SKIP]
+    for decision, n in counts.items():  # videos_new, videos_changed, ..., videos_skipped
+        setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
             for batch in _labeled(cfg, todo, run_id):

@@ -1,9 +1,10 @@
 """Spatial preprocessing of decoded RGB frames into the model's uint8 clip pixels.
 
 Sizes come from torchvision's preset for the weights (``weights.transforms()``), never typed
-by hand. The ``exact`` scaler reproduces the preset bit for bit: torch bilinear
-interpolation without antialias on float, rounded back to uint8 (what ``F.resize`` does to a
-uint8 tensor). Normalisation is not done here: it runs on the device that runs the model.
+by hand. The ``exact`` scaler is the preset's own resize and centre crop: the same
+``torchvision.transforms.functional`` calls on the uint8 frame, on one thread, so its pixels
+equal the preset's by construction. Normalisation is not done here: it runs on the device that
+runs the model.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class FrameTransform:
     scaler: str = "exact"
 
     @classmethod
-    def from_preset(cls, scaler: str = "exact") -> "FrameTransform":
+    def from_preset(cls, scaler: str = "exact") -> FrameTransform:
         p = preset()
         return cls(_pair(p.resize_size), _pair(p.crop_size), scaler)
 
@@ -48,8 +49,9 @@ class FrameTransform:
         return top, left
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        small = resize_cv2(rgb, self.resize) if self.scaler == "cv2" else resize_exact(rgb, self.resize)
-        return self.crop_only(small)
+        if self.scaler == "cv2":
+            return self.crop_only(resize_cv2(rgb, self.resize))
+        return resize_crop_exact(rgb, self.resize, self.crop)
 
     def crop_only(self, small: np.ndarray) -> np.ndarray:
         """Centre crop of a frame already at ``resize``."""
@@ -82,19 +84,31 @@ def one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """torch bilinear, align_corners=False, antialias=False, float then round: the preset's pixels."""
+def _exact(rgb: np.ndarray, resize: tuple[int, int], crop: tuple[int, int] | None) -> np.ndarray:
     import torch
-    import torch.nn.functional as F
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
 
-    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)  # HWC view -> CHW, as the preset sees a frame
     # One thread: torch's CPU kernel rounds differently when split over threads (~3e-5, enough
     # to flip a pixel at .5), and clip_sha must not depend on the process's thread count
     # (a Ray decode task has 1, the audit's re-decode may have more). A per-frame resize is
     # too small to split anyway: extra threads only spin against the decoder.
     with torch_threads(1):
-        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        y = F.resize(x, list(resize), interpolation=InterpolationMode.BILINEAR, antialias=False)
+    if crop is not None:
+        y = F.center_crop(y, list(crop))
+    return np.ascontiguousarray(y.permute(1, 2, 0).numpy())
+
+
+def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The preset's resize (bilinear, no antialias, uint8 in and out) of one HWC frame."""
+    return _exact(rgb, size, None)
+
+
+def resize_crop_exact(rgb: np.ndarray, resize: tuple[int, int], crop: tuple[int, int]) -> np.ndarray:
+    """The preset's resize then centre crop of one HWC frame: its pixels exactly."""
+    return _exact(rgb, resize, crop)
 
 
 def resize_cv2(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
 
-Only committed runs are visible (``runs.committed_runs``): the views read the data files of
+Only committed runs are visible (``commit.committed_runs``): the views read the data files of
 those runs and nothing else, so a half-written or killed run never shows. `videos` and
 `clips` hold the current rows: one per (video_id, source_fingerprint, weights), from the
 newest committed run that labeled it; `videos_all` and `clips_all` keep every committed run. On S3 the fsspec
@@ -16,9 +16,39 @@ import duckdb
 import pyarrow as pa
 
 from . import schema
+from .commit import committed_runs
 from .config import StorageConfig
-from .runs import CURRENT_CLIPS_SQL, CURRENT_VIDEOS_SQL, committed_runs
+from .errors import UserError
 from .storage import filesystem, is_local, join
+
+# -- the "current" rule and the commit records, in SQL ------------------------------------------
+# The views below and readers who bring their own DuckDB share these.
+# {videos}/{clips}: relations over the committed files (e.g. read_parquet([...files of
+# committed_files()], hive_partitioning = true, union_by_name = true), or the plain glob
+# joined with the records, COMMITTED_*_SQL below).
+COMMITTED_SQL = r"""
+SELECT t.* FROM read_parquet('{root}/{table}/run_id=*/*.parquet', hive_partitioning = true,
+                             union_by_name = true) t
+WHERE t.run_id IN (SELECT regexp_extract(file, 'run_id=([^/]*)\.json$', 1)
+                   FROM glob('{root}/_runs/run_id=*.json'))"""
+CURRENT_VIDEOS_SQL = """
+SELECT * FROM {videos}
+QUALIFY row_number() OVER (PARTITION BY video_id, source_fingerprint, weights ORDER BY run_id DESC) = 1"""
+CURRENT_CLIPS_SQL = """
+SELECT c.* FROM {clips} c SEMI JOIN ({current_videos}) v ON c.run_id = v.run_id AND c.video_id = v.video_id"""
+
+
+def committed_sql(root: str, table: str) -> str:
+    """A plain-glob query over ``table`` that honours the commit records."""
+    return COMMITTED_SQL.format(root=root.rstrip("/"), table=table)
+
+
+def current_sql(root: str) -> tuple[str, str]:
+    """(videos, clips) SQL of the "current" rows over committed runs under ``root``."""
+    videos = CURRENT_VIDEOS_SQL.format(videos=f"({committed_sql(root, 'videos')})")
+    clips = CURRENT_CLIPS_SQL.format(clips=f"({committed_sql(root, 'clips')})", current_videos=videos)
+    return videos, clips
+
 
 REPORTS: dict[str, str] = {
     # Label histogram over the current clips.
@@ -47,8 +77,12 @@ REPORTS: dict[str, str] = {
 REPORT_PARAMS = {"timeline": ("video_id",)}
 
 
-class NoCommittedRuns(LookupError):
+class NoCommittedRuns(UserError, LookupError):
     """The output holds no committed run: nothing to query."""
+
+
+class ReportError(UserError, ValueError):
+    """An unknown report, or one without the parameters it needs."""
 
 
 def _runs_table(runs: list[dict]) -> pa.Table:
@@ -93,7 +127,7 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
         for r in runs:
             files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
         _view(con, f"{table}_all", [prefix + f for f in files], empty)
-    # One row per (video_id, source_fingerprint, weights): the newest committed run's (runs.py).
+    # One row per (video_id, source_fingerprint, weights): the newest committed run's (incremental.py).
     con.execute("CREATE VIEW videos AS " + CURRENT_VIDEOS_SQL.format(videos="videos_all"))
     con.execute("CREATE VIEW clips AS "
                 + CURRENT_CLIPS_SQL.format(clips="clips_all", current_videos="SELECT * FROM videos"))
@@ -108,9 +142,9 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
 def report(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyRelation:
     """Run one of REPORTS; ``timeline`` needs ``video_id``."""
     if name not in REPORTS:
-        raise KeyError(f"unknown report {name!r}; choose from {', '.join(REPORTS)}")
+        raise ReportError(f"unknown report {name!r}; choose from {', '.join(REPORTS)}")
     needed = REPORT_PARAMS.get(name, ())
     missing = [p for p in needed if params.get(p) is None]
     if missing:
-        raise ValueError(f"report {name!r} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise ReportError(f"report {name!r} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
     return con.sql(REPORTS[name], params={p: params[p] for p in needed} or None)

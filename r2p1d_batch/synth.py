@@ -6,9 +6,10 @@ bright disc crossing a gradient, cheap to encode and closer to real motion.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import av
 import numpy as np
@@ -38,7 +39,8 @@ def make_video(
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
-            stream.options = {"crf": "0", "preset": "ultrafast", "g": "15"} if pix_fmt in ("yuv420p", "yuv444p") else {"preset": "ultrafast"}
+            lossless = pix_fmt in ("yuv420p", "yuv444p")
+            stream.options = {"crf": "0", "preset": "ultrafast", "g": "15"} if lossless else {"preset": "ultrafast"}
         if times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:
@@ -98,3 +100,24 @@ def make_audio_only(path: Path | str, n_frames: int = 10) -> Path:
         for pkt in stream.encode():
             out.mux(pkt)
     return path
+
+
+def make_sample(directory: Path | str, videos: int = 4, seconds: float = 3.0, bad: bool = False) -> Path:
+    """A small sample collection under ``directory``: ``videos`` moving-disc clips in videos/
+    and manifest.parquet (plus a corrupt and a missing file with ``bad``). Returns the manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vdir = Path(directory) / "videos"
+    vdir.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for i in range(videos):
+        path = vdir / f"sample_{i:03d}.mp4"
+        make_video(path, n_frames=int(seconds * 30), fps=30, size=(320, 240), pattern="moving", seed=i)
+        uris.append(str(path.resolve()))
+    if bad:
+        (vdir / "corrupt.mp4").write_text("not a video")
+        uris += [str((vdir / "corrupt.mp4").resolve()), str((vdir / "missing.mp4").resolve())]
+    manifest = Path(directory) / "manifest.parquet"
+    pq.write_table(pa.table({"uri": uris, "source": ["synthetic"] * len(uris)}), manifest)
+    return manifest

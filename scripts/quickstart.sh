@@ -4,10 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 PY=.venv/bin/python
+R2P1D=.venv/bin/r2p1d
 SAMPLE="${SAMPLE_DIR:-sample}"
 rm -rf "$SAMPLE/out"
-$PY jobs/make_sample.py "$SAMPLE" --videos 4 --seconds 3 --bad >/dev/null
-if $PY jobs/fetch_weights.py >/dev/null 2>"$SAMPLE/weights.log"; then
+$R2P1D sample "$SAMPLE" --videos 4 --seconds 3 --bad >/dev/null
+if $R2P1D fetch-weights >/dev/null 2>"$SAMPLE/weights.log"; then
   WEIGHTS=kinetics400
 else
   WEIGHTS=random
@@ -15,7 +16,7 @@ else
   echo "      Falling back to model.weights=random: the labels below are MEANINGLESS; every row says so."
   echo "      To use the real weights: see $SAMPLE/weights.log"
 fi
-$PY jobs/label.py "$SAMPLE/manifest.parquet" --output "$SAMPLE/out" \
+$R2P1D label "$SAMPLE/manifest.parquet" --output "$SAMPLE/out" \
   --set model.weights=$WEIGHTS --set ray.progress_bars=false --log-level WARNING
 echo
 echo "== DuckDB: SELECT label, count(*) ... FROM '$SAMPLE/out/clips/**/*.parquet'"

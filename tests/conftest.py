@@ -18,6 +18,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # our own, even when a `ray start` cluster runs on this machine
             num_cpus=2,
             object_store_memory=300 * 2**20,
             include_dashboard=False,

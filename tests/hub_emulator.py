@@ -39,9 +39,10 @@ import shlex
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
@@ -56,14 +57,16 @@ from werkzeug.wrappers import Request, Response
 MiB = 2**20
 JOB_DONE_STATES = (pb.JobState.JOB_STATE_DONE, pb.JobState.JOB_STATE_FAILED)
 
+ALL_FRAMEWORKS = ("framework:tflite", "framework:qnn", "framework:onnx")
+
 # name, os, attributes - a few real AI Hub device names
 DEFAULT_DEVICES: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
     (name, os_, ("format:phone", "os:android", f"chipset:{chip}", *frameworks))
     for name, os_, chip, frameworks in [
-        ("Samsung Galaxy S23 (Family)", "13", "qualcomm-snapdragon-8gen2", ("framework:tflite", "framework:qnn", "framework:onnx")),
-        ("Samsung Galaxy S24 (Family)", "14", "qualcomm-snapdragon-8gen3", ("framework:tflite", "framework:qnn", "framework:onnx")),
-        ("Samsung Galaxy S25 (Family)", "15", "qualcomm-snapdragon-8-elite", ("framework:tflite", "framework:qnn", "framework:onnx")),
-        ("Snapdragon 8 Elite QRD", "15", "qualcomm-snapdragon-8-elite", ("framework:tflite", "framework:qnn", "framework:onnx")),
+        ("Samsung Galaxy S23 (Family)", "13", "qualcomm-snapdragon-8gen2", ALL_FRAMEWORKS),
+        ("Samsung Galaxy S24 (Family)", "14", "qualcomm-snapdragon-8gen3", ALL_FRAMEWORKS),
+        ("Samsung Galaxy S25 (Family)", "15", "qualcomm-snapdragon-8-elite", ALL_FRAMEWORKS),
+        ("Snapdragon 8 Elite QRD", "15", "qualcomm-snapdragon-8-elite", ALL_FRAMEWORKS),
         ("Google Pixel 8", "14", "google-tensor-g3", ("framework:tflite",)),
     ]
 )

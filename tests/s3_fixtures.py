@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ class MotoS3:
         self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
     def put(self, bucket: str, key: str, path_or_bytes, public: bool = False) -> str:
-        body = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
+        body = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
         extra = {"ACL": "public-read"} if public else {}
         self.client().put_object(Bucket=bucket, Key=key, Body=body, **extra)
         return f"s3://{bucket}/{key}"
@@ -128,7 +129,7 @@ class S3Proxy:
     def pending_faults(self) -> int:
         return len(self._faults)
 
-    def start(self) -> "S3Proxy":
+    def start(self) -> S3Proxy:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()

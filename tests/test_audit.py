@@ -5,7 +5,6 @@ The qai-hub test runs the real qai_hub client against tests/hub_emulator.py on 1
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from r2p1d_batch.audit import metrics
 from r2p1d_batch.audit.sample import stratified_sample
+
 from synth import make_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,11 +101,18 @@ def test_exact_resize_does_not_depend_on_thread_count():
 
 
 # -- end to end on a real labeled output ------------------------------------------------------
+class _AuditCLI:
+    """`r2p1d audit ARGS` in process."""
+
+    @staticmethod
+    def main(args: list[str]) -> int:
+        from r2p1d_batch.cli import main
+
+        return main(["audit", *args])
+
+
 def _audit_cli():
-    spec = importlib.util.spec_from_file_location("audit_cli", REPO / "jobs" / "audit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _AuditCLI()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +139,8 @@ def labeled(tmp_path_factory):
 
 
 def _args(labeled, out=None, *extra):
-    return [str(out or labeled["out"]), "--set", f"audit.cache_dir={labeled['cache']}", "--log-level", "WARNING", *extra]
+    return [str(out or labeled["out"]), "--set", f"audit.cache_dir={labeled['cache']}", "--log-level", "WARNING",
+            *extra]
 
 
 def _audit_dir(out: Path, stdout: str) -> Path:
@@ -175,7 +183,8 @@ def test_replay_of_an_audits_device_outputs(labeled, capsys):
     first = labeled.get("ort_audit")
     if first is None:
         pytest.skip("needs test_onnxruntime_end_to_end")
-    rc = _audit_cli().main(_args(labeled, None, "--backend", "replay", "--sample", "1",  # sample ignored: the file names clips
+    # --sample is ignored: the file names its clips
+    rc = _audit_cli().main(_args(labeled, None, "--backend", "replay", "--sample", "1",
                                  "--device-outputs", str(first / "device_outputs.npz")))
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
@@ -300,15 +309,15 @@ def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, mo
     assert b["compile_job"]["job_id"] and b["compile_job"]["url"].startswith(hub.url)
     assert b["profile"]["inference_ms"] is not None
     assert b["compile_job"]["job_id"] in (audit / "summary.md").read_text()
-    assert summary["passed"] and float(summary["metrics"]["psnr_db_min"]) > 60  # the emulator runs ORT ("inf": identical)
+    # the emulator runs ORT ("inf": identical)
+    assert summary["passed"] and float(summary["metrics"]["psnr_db_min"]) > 60
     assert len(hub.jobs_of_kind("inference_job")) == 3  # 2 chunks + the profile job
 
-    # jobs/export.py's device path (compile + profile job) on the graph the audit exported.
-    spec = importlib.util.spec_from_file_location("export_cli", REPO / "jobs" / "export.py")
-    export_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_cli)
+    # `r2p1d export`'s device path (compile + profile job) on the graph the audit exported.
+    from r2p1d_batch.export_measure import on_device
+
     graph = next((labeled["cache"] / "onnx").glob("*.onnx"))
-    res = export_cli.on_device(graph, DEVICE, "qnn")
+    res = on_device(graph, DEVICE, "qnn")
     shown = capsys.readouterr().out
     assert res["compile_job"]["job_id"] in shown and res["profile"]["url"] in shown
     assert res["profile"]["inference_ms"] > 0 and "--target_runtime qnn_dlc" in res["compile_options"]

@@ -25,10 +25,11 @@ from r2p1d_batch.audit.hub import (
     DeviceGraph,
     HubBackend,
     HubError,
-    chunk_bounds,
     check_clips,
+    chunk_bounds,
     export_onnx,
 )
+
 from tests.hub_emulator import HubEmulator
 
 DEVICE = "Samsung Galaxy S24 (Family)"

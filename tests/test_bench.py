@@ -18,7 +18,8 @@ from r2p1d_batch.bench.report import format_report, format_table, ratio
 from r2p1d_batch.bench.roofline import model_gflop_per_clip, needed_note, sgemm_gflops
 from r2p1d_batch.decode import VideoSource
 from r2p1d_batch.sampling import plan_clips
-from r2p1d_batch.writer import RunSummary
+from r2p1d_batch.summary import RunSummary
+
 from tests.synth import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,8 +74,9 @@ def test_pipeline_row_against_stages_and_naive_bound():
 
 def test_bench_tiny_smoke(tmp_path):
     out = tmp_path / "b.json"
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny", "--only", "decode", "--only", "sparse",
-                        "--only", "model", "--inputs", str(tmp_path / "in"), "--out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny",
+                        "--only", "decode", "--only", "sparse", "--only", "model",
+                        "--inputs", str(tmp_path / "in"), "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -91,7 +93,8 @@ def test_bench_tiny_smoke(tmp_path):
         assert x["pct_of_sgemm_peak"] == pytest.approx(100 * x["gflops"] / roof["gflops"])
     assert runtimes[2]["max_abs_dlogit"] <= 1e-4
     assert roof["runtime"].startswith("roofline") and roof["gflops"] > 0 and roof["pct_of_sgemm_peak"] == 100.0
-    assert any("2x eager would need" in n for n in model["notes"]) and all(sec["wall_s"] > 0 for sec in res["sections"].values())
+    assert any("2x eager would need" in n for n in model["notes"])
+    assert all(sec["wall_s"] > 0 for sec in res["sections"].values())
 
 
 def _clips(path, scaler):
@@ -139,8 +142,8 @@ def test_peak_rss_splits_the_process_tree_by_role():
     from r2p1d_batch.bench.memory import peak_rss
 
     child = "import time; x = bytearray(64 << 20); time.sleep(2.0)  # ray::MapBatches(DecodeStage)"
-    total, by_role, wall, rc = peak_rss([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
-                                        interval=0.05)
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    total, by_role, wall, rc = peak_rss([sys.executable, "-c", parent], interval=0.05)
     assert rc == 0 and wall >= 2.0
     assert by_role["decode"] >= 64 << 20 and by_role["driver"] < by_role["decode"]
     assert total >= by_role["decode"] + by_role["driver"] - (1 << 20)

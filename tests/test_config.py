@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from r2p1d_batch.config import Config, ConfigError, load
 
@@ -62,7 +63,7 @@ def test_missing_profile(tmp_path):
 
 def test_config_is_frozen():
     cfg = load()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.model.batch_size = 3
 
 

@@ -6,6 +6,7 @@ import pytest
 from r2p1d_batch.config import DecodeConfig, SamplingConfig
 from r2p1d_batch.decode import DecodeError, VideoSource, clip_sha, merge_spans
 from r2p1d_batch.sampling import plan_clips
+
 from synth import frame_index, grey_of, level, make_audio_only, make_video
 
 DEC = DecodeConfig()
@@ -153,3 +154,25 @@ def test_cut_tail_with_index_is_truncated(tmp_path):
     with pytest.raises(DecodeError) as e:
         decode_all(fast)
     assert e.value.kind in ("Truncated", "CorruptStream")
+
+
+def test_decode_stage_runs_torch_on_one_thread(tmp_path):
+    """resize_exact needs one torch thread; a decode task keeps it rather than switching per frame."""
+    import pyarrow as pa
+    import torch
+
+    from r2p1d_batch import config
+    from r2p1d_batch.decode_stage import DecodeStage
+
+    video = make_video(tmp_path / "v.mp4", n_frames=20, fps=15)
+    cfg = config.load(None, [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        blocks = list(DecodeStage(cfg)(pa.table({"video_id": ["v"], "uri": [str(video)], "start_sec": [None],
+                                                  "end_sec": [None]})))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    kinds = [k for b in blocks for k in b.column("kind").to_pylist()]
+    assert kinds.count("video") == 1 and kinds.count("clip") >= 1

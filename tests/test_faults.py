@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from r2p1d_batch import commit, incremental
 from r2p1d_batch import config as config_mod
-from r2p1d_batch import runs
-from r2p1d_batch.stages import TEST_HOOKS_ENV, decode_video
+from r2p1d_batch.decode_stage import decode_video
+from r2p1d_batch.faults import TEST_HOOKS_ENV
 
 from synth import make_video
 
@@ -68,7 +69,7 @@ def cfg_for(manifest: str, out: Path, *sets: str):
 
 
 def run(manifest: str, out: Path, *sets: str):
-    from r2p1d_batch.pipeline import run as pipeline_run
+    from r2p1d_batch.pipeline import label as pipeline_run
 
     return pipeline_run(cfg_for(manifest, out, *sets))
 
@@ -86,14 +87,14 @@ def expected_clips(paths: dict[str, Path]) -> list[tuple]:
 
 def committed(out: Path, table: str) -> list[dict]:
     rows = []
-    for r in runs.committed_runs(str(out)):
-        for f in runs.committed_files(str(out), table, runs=[r]):
+    for r in commit.committed_runs(str(out)):
+        for f in commit.committed_files(str(out), table, runs=[r]):
             rows += [dict(x, run_id=r["run_id"]) for x in pq.read_table(f).to_pylist()]
     return rows
 
 
 def current_videos(out: Path) -> dict[tuple, dict]:
-    return runs.current(pa.Table.from_pylist(committed(out, "videos")))
+    return incremental.current(pa.Table.from_pylist(committed(out, "videos")))
 
 
 def clip_keys(out: Path) -> list[tuple]:
@@ -101,9 +102,9 @@ def clip_keys(out: Path) -> list[tuple]:
 
 
 def assert_no_leftovers(out: Path) -> None:
-    ids = set(runs.committed_run_ids(str(out)))
-    assert not (out / runs.STAGING_DIR).exists() or not any((out / runs.STAGING_DIR).iterdir())
-    for table in runs.TABLES:
+    ids = set(commit.committed_run_ids(str(out)))
+    assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
+    for table in commit.TABLES:
         for d in (out / table).glob("run_id=*"):
             assert d.name[len("run_id="):] in ids, f"uncommitted partition left: {d}"
 
@@ -156,7 +157,7 @@ def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, re
                 p.kill()
             except psutil.Error:
                 pass
-    assert runs.committed_run_ids(str(out)) == []
+    assert commit.committed_run_ids(str(out)) == []
     assert list(out.glob("_staging/run_id=*")), "the killed run should have left a lease/staging behind"
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
@@ -168,9 +169,14 @@ def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, re
     request.getfixturevalue("ray_session")
     clean = tmp_path / "clean"
     run(write_manifest(tmp_path / "clean.parquet", {v: str(videos[v]) for v in rows}), clean)
-    key = lambda c: (c["video_id"], c["clip_index"], c["clip_sha"], c["label"], round(c["score"], 6), c["weights"])
+
+    def key(c):
+        return c["video_id"], c["clip_index"], c["clip_sha"], c["label"], round(c["score"], 6), c["weights"]
+
+    def vkey(v):
+        return v["video_id"], v["status"], v["source_fingerprint"], v["weights"], v["num_clips"], v["label"]
+
     assert sorted(map(key, committed(out, "clips"))) == sorted(map(key, committed(clean, "clips")))
-    vkey = lambda v: (v["video_id"], v["status"], v["source_fingerprint"], v["weights"], v["num_clips"], v["label"])
     assert sorted(map(vkey, committed(out, "videos"))) == sorted(map(vkey, committed(clean, "videos")))
     assert clip_keys(out) == expected_clips({v: videos[v] for v in rows})
 
@@ -269,7 +275,7 @@ def test_grown_manifest_changed_file_new_weights_rerun_failed_and_force(tmp_path
     cur = current_videos(out)
     latest = {k: v for k, v in cur.items() if k[2] == "random:seed=1"}
     assert len(latest) == 5  # 4 videos, plus v1's old fingerprint kept as history
-    now = dict(zip(grown, runs.fingerprints(list(grown.values()))))
+    now = dict(zip(grown, incremental.fingerprints(list(grown.values()))))
     assert {latest[(vid, fp, "random:seed=1")]["run_id"] for vid, fp in now.items()} == {s5.run_id}
     # the current clips: exactly one set per current video row (clips follow their video row)
     clips = committed(out, "clips")

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import REPO
+
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.classify import ClipClassifier
+
 from synth import make_video
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -36,7 +37,8 @@ def clips_and_reference():
     return clips, ref
 
 
-@pytest.mark.parametrize("amp, min_cosine, max_rel", [("none", 0.99999, 1e-4), ("fp16", 0.9999, 1e-2), ("bf16", 0.99, 5e-2)])
+@pytest.mark.parametrize("amp, min_cosine, max_rel",
+                         [("none", 0.99999, 1e-4), ("fp16", 0.9999, 1e-2), ("bf16", 0.99, 5e-2)])
 def test_cuda_logits_match_cpu_fp32(clips_and_reference, amp, min_cosine, max_rel):
     clips, ref = clips_and_reference
     clf = _classifier("model.device=cuda", f"model.amp={amp}")
@@ -57,7 +59,8 @@ def test_cuda_logits_match_cpu_fp32(clips_and_reference, amp, min_cosine, max_re
 
 
 def test_label_job_on_a_gpu_actor_matches_the_cpu_job(tmp_path):
-    videos = [make_video(tmp_path / f"v{i}.mp4", n_frames=75, fps=25, size=(320, 240), pattern="noise") for i in range(3)]
+    videos = [make_video(tmp_path / f"v{i}.mp4", n_frames=75, fps=25, size=(320, 240), pattern="noise")
+              for i in range(3)]
     import pyarrow as pa
 
     manifest = tmp_path / "manifest.parquet"

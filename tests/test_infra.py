@@ -366,8 +366,10 @@ def test_dockerfile_installs_from_the_lock_like_install_sh():
     others = [c for r in runs for c in _pip_installs(r) if "requirements.lock" not in c]
     assert others and all("--no-deps" in c and c.rstrip().endswith(" .") for c in others), others
     # The code the job runs is in the image.
-    for path in ("r2p1d_batch/", "jobs/", "configs/"):
+    for path in ("r2p1d_batch/", "jobs/"):  # configs/ ships inside the package, linked as in the checkout
         assert any(c.split()[0] == path for c in copies), path
+    assert any(op == "RUN" and "ln -s r2p1d_batch/configs configs" in rest for op, rest in ins)
+    assert (ROOT / "configs").is_symlink() and (ROOT / "configs" / "cluster.yaml").is_file()
 
 
 def test_dockerfile_base_user_and_no_secrets():

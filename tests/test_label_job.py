@@ -6,8 +6,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO
+
 from synth import make_audio_only, make_video
 
 pytestmark = pytest.mark.ray
@@ -56,7 +56,8 @@ def labeled(corpus, tmp_path_factory):
 def _sql(out, q):
     con = duckdb.connect()
     con.execute(f"CREATE VIEW clips AS SELECT * FROM read_parquet('{out}/clips/**/*.parquet', hive_partitioning=true)")
-    con.execute(f"CREATE VIEW videos AS SELECT * FROM read_parquet('{out}/videos/**/*.parquet', hive_partitioning=true, union_by_name=true)")
+    con.execute(f"CREATE VIEW videos AS SELECT * FROM read_parquet('{out}/videos/**/*.parquet', "
+                "hive_partitioning=true, union_by_name=true)")
     return con.execute(q).fetchall()
 
 
@@ -84,7 +85,8 @@ def test_clip_rows_account_for_num_clips_without_duplicates(labeled):
     counted = dict(_sql(out, "SELECT video_id, count(*) FROM clips GROUP BY 1"))
     assert {k: v for k, v in per_video.items() if v} == counted
     assert per_video["two_clips"] == 2 and per_video["missing"] == 0
-    (dups,) = _sql(out, "SELECT count(*) FROM (SELECT video_id, clip_index FROM clips GROUP BY 1, 2 HAVING count(*) > 1)")
+    (dups,) = _sql(out, "SELECT count(*) FROM (SELECT video_id, clip_index FROM clips "
+                        "GROUP BY 1, 2 HAVING count(*) > 1)")
     assert dups == (0,)
 
 

@@ -7,7 +7,12 @@ from torchvision.models.video import r2plus1d_18
 from r2p1d_batch.classify import ClipClassifier, topk
 from r2p1d_batch.config import ModelConfig
 from r2p1d_batch.model import (
-    KINETICS, WeightsError, categories, kinetics_checkpoint_path, load_model, normalization,
+    KINETICS,
+    WeightsError,
+    categories,
+    kinetics_checkpoint_path,
+    load_model,
+    normalization,
 )
 
 

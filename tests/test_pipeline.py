@@ -1,4 +1,4 @@
-"""pipeline.run in process on the shared local Ray: uniform sampling, checkpoint weights, and
+"""pipeline.label in process on the shared local Ray: uniform sampling, checkpoint weights, and
 the stored labels reproduced from re-decoded clips."""
 import duckdb
 import numpy as np
@@ -11,8 +11,9 @@ from torchvision.models.video import r2plus1d_18
 from r2p1d_batch import config
 from r2p1d_batch.classify import ClipClassifier
 from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.pipeline import run
+from r2p1d_batch.pipeline import label
 from r2p1d_batch.sampling import plan_clips
+
 from synth import make_video
 
 pytestmark = pytest.mark.ray
@@ -30,7 +31,7 @@ def test_uniform_run_with_checkpoint_reproduces_labels(ray_local, tmp_path):
         f"model.weights={ckpt}", "sampling.mode=uniform", "sampling.num_clips=2", "model.batch_size=2",
         "ray.progress_bars=false",
     ], manifest=str(m), **{"output.path": str(tmp_path / "out")})
-    summary = run(cfg)
+    summary = label(cfg)
     assert summary.committed and summary.videos_ok == 2 and summary.clips == 4
     assert summary.weights.startswith("file:w.pth@sha256:") and not summary.random_weights
     assert 0 < summary.first_clip_sec <= summary.wall_sec  # start-up, then the clips reach the writer

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torchvision.models.video import R2Plus1D_18_Weights
 
-from r2p1d_batch.config import DecodeConfig
+from r2p1d_batch.config import DecodeConfig, SamplingConfig
 from r2p1d_batch.decode import VideoSource
 from r2p1d_batch.model import Normalize
 from r2p1d_batch.preprocess import FrameTransform
 from r2p1d_batch.sampling import plan_clips
-from r2p1d_batch.config import SamplingConfig
+
 from synth import make_video
 
 

@@ -118,6 +118,7 @@ def test_label_job_through_ray_job_submit(head, tmp_path):
     import pyarrow.parquet as pq
 
     from r2p1d_batch.synth import make_video
+
     from tests.conftest import REPO
 
     videos = [make_video(tmp_path / f"v{i}.mp4", n_frames=20, fps=15, pattern="moving", seed=i) for i in range(2)]
@@ -135,5 +136,6 @@ def test_label_job_through_ray_job_submit(head, tmp_path):
     assert "videos 3 (ok 2, error 1)" in logs and head.token not in logs
     con = duckdb.connect()
     (n_clips,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}/clips/**/*.parquet')").fetchone()
-    rows = con.execute(f"SELECT status, count(*) FROM read_parquet('{out}/videos/**/*.parquet') GROUP BY 1 ORDER BY 1").fetchall()
+    rows = con.execute(f"SELECT status, count(*) FROM read_parquet('{out}/videos/**/*.parquet') "
+                       "GROUP BY 1 ORDER BY 1").fetchall()
     assert n_clips == 2 and rows == [("error", 1), ("ok", 2)]

@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from r2p1d_batch import commit, incremental, query
 from r2p1d_batch import config as config_mod
-from r2p1d_batch import runs
+from r2p1d_batch.decode_stage import decode_video
+from r2p1d_batch.faults import TEST_HOOKS_ENV
 from r2p1d_batch.model import categories, load_model, weights_id
-from r2p1d_batch.stages import TEST_HOOKS_ENV, decode_video
-from r2p1d_batch.storage import filesystem, fingerprint
+from r2p1d_batch.storage import filesystem
 from r2p1d_batch.writer import RunWriter
 
 from synth import make_video
@@ -68,7 +69,7 @@ def glob_rows(out: Path, table: str = "clips") -> int:
 
 def committed_rows(out: Path, table: str = "clips") -> int:
     try:
-        return duckdb.sql(f"SELECT count(*) FROM ({runs.committed_sql(str(out), table)})").fetchall()[0][0]
+        return duckdb.sql(f"SELECT count(*) FROM ({query.committed_sql(str(out), table)})").fetchall()[0][0]
     except duckdb.IOException:
         return 0
 
@@ -79,17 +80,18 @@ def test_commit_makes_the_run_visible_at_once(tmp_path):
     w.add(labeled("b", 2))
     w._flush()  # files exist in staging...
     assert list((tmp_path / "_staging").rglob("*.parquet"))
-    assert runs.committed_run_ids(str(tmp_path)) == []
+    assert commit.committed_run_ids(str(tmp_path)) == []
     assert glob_rows(tmp_path) == 0 and committed_rows(tmp_path) == 0  # ...and nobody sees them
     s = w.commit(1.0)
     assert s.committed and s.videos == 2 and s.clips == 5
-    assert runs.committed_run_ids(str(tmp_path)) == [s.run_id]
+    assert commit.committed_run_ids(str(tmp_path)) == [s.run_id]
     assert glob_rows(tmp_path) == 5 and committed_rows(tmp_path) == 5 and committed_rows(tmp_path, "videos") == 2
     record = json.loads((tmp_path / "_runs" / f"run_id={s.run_id}.json").read_text())
     assert sorted(record["files"]) == sorted(
         str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/run_id=*/*.parquet"))
     assert not (tmp_path / "_staging").exists()
-    assert runs.committed_files(str(tmp_path), "clips") == [str(tmp_path / f) for f in record["files"] if f.startswith("clips/")]
+    listed = [str(tmp_path / f) for f in record["files"] if f.startswith("clips/")]
+    assert commit.committed_files(str(tmp_path), "clips") == listed
 
 
 def test_rows_resent_by_a_retried_task_are_written_once(tmp_path):
@@ -140,7 +142,7 @@ def _run_child(code: str, out) -> subprocess.CompletedProcess:
         import os, sys
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         from test_runs import labeled, writer
-        from r2p1d_batch import runs
+        from r2p1d_batch import commit, incremental, query
         from pathlib import Path
         out = {str(out)!r}
     """)
@@ -160,17 +162,18 @@ def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
         "while_staging": "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w._flush(); os._exit(9)",
         # killed between publishing the partitions and putting the record (the worst moment)
         "after_publish_before_record": (
-            "runs.write_record = lambda *a, **k: os._exit(9)\n"
-            "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w.add(labeled('b', 2)); w.commit(1.0)"),
+            "commit.write_record = lambda *a, **k: os._exit(9)\n"
+            "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w.add(labeled('b', 2)); "
+            "w.commit(1.0)"),
     }[where]
     proc = _run_child(kill, tmp_path)
     assert proc.returncode == 9, proc.stderr
-    assert runs.committed_run_ids(str(tmp_path)) == [first]
+    assert commit.committed_run_ids(str(tmp_path)) == [first]
     assert committed_rows(tmp_path) == 2 and committed_rows(tmp_path, "videos") == 2  # the record-honouring glob
     if where == "after_publish_before_record":
         # The plain glob is the one reader that can see this window (see docs/runs.md).
         assert (tmp_path / "clips" / "run_id=20260102T000000Z-111111").is_dir()
-    swept = runs.sweep(str(tmp_path))  # the killed driver's pid is gone: stale at once
+    swept = commit.sweep(str(tmp_path))  # the killed driver's pid is gone: stale at once
     assert swept.removed == ["20260102T000000Z-111111"] and swept.live == []
     assert glob_rows(tmp_path) == 2 and not list(tmp_path.glob("*/run_id=20260102T000000Z-111111*"))
     assert not (tmp_path / "_staging" / "run_id=20260102T000000Z-111111").exists()
@@ -179,13 +182,13 @@ def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
 def test_a_live_lease_is_kept_and_reported(tmp_path):
     w = writer(tmp_path, "20260103T000000Z-222222")  # this process holds the lease
     w.add(labeled("a", 1))
-    swept = runs.sweep(str(tmp_path))
+    swept = commit.sweep(str(tmp_path))
     assert swept.live == ["20260103T000000Z-222222"] and swept.removed == []
-    assert (tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / runs.LEASE).exists()
+    assert (tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / commit.LEASE).exists()
     # a lease from another host counts by heartbeat age
-    lease = json.loads((tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / runs.LEASE).read_text())
+    lease = json.loads((tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / commit.LEASE).read_text())
     lease["host"] = "elsewhere"
-    assert runs.lease_alive(lease, 900) and not runs.lease_alive(lease, 900, now=lease["heartbeat"] + 901)
+    assert commit.lease_alive(lease, 900) and not commit.lease_alive(lease, 900, now=lease["heartbeat"] + 901)
     w.abort()
     assert not (tmp_path / "_staging").exists()
 
@@ -199,38 +202,40 @@ def _commit(out: Path, run_id: str, *tables: pa.Table) -> None:
 
 def test_select_new_changed_retried_forced_skipped(tmp_path):
     _commit(tmp_path, "20260101T000000Z-000001", labeled("a", 1, fp="fa"), labeled("b", 1, status="error", fp="fb"))
-    committed = runs.committed_videos(str(tmp_path))
+    committed = incremental.committed_videos(str(tmp_path))
     ids, fps = ["a", "b", "c", "a"], ["fa", "fb", "fc", "fa2"]
     w0 = "random:seed=0"
-    assert runs.select(ids, fps, w0, committed, "incremental") == ["skipped", "skipped", "new", "changed"]
-    assert runs.select(ids, fps, w0, committed, "rerun_failed") == ["skipped", "retried", "new", "changed"]
-    assert runs.select(ids, fps, w0, committed, "force") == ["forced", "retried", "new", "changed"]
-    assert runs.select(ids, fps, "random:seed=1", committed, "incremental") == ["changed", "changed", "new", "changed"]
+    assert incremental.select(ids, fps, w0, committed, "incremental") == ["skipped", "skipped", "new", "changed"]
+    assert incremental.select(ids, fps, w0, committed, "rerun_failed") == ["skipped", "retried", "new", "changed"]
+    assert incremental.select(ids, fps, w0, committed, "force") == ["forced", "retried", "new", "changed"]
+    assert incremental.select(ids, fps, "random:seed=1", committed, "incremental") == [
+        "changed", "changed", "new", "changed"]
     # a later run that fixed b: its newest row (ok) decides
     _commit(tmp_path, "20260102T000000Z-000002", labeled("b", 2, fp="fb"))
-    assert runs.select(["b"], ["fb"], w0, runs.committed_videos(str(tmp_path)), "rerun_failed") == ["skipped"]
+    committed = incremental.committed_videos(str(tmp_path))
+    assert incremental.select(["b"], ["fb"], w0, committed, "rerun_failed") == ["skipped"]
 
 
 def test_current_rule_gives_one_row_per_key(tmp_path):
     _commit(tmp_path, "20260101T000000Z-000001", labeled("a", 2, label_id=1), labeled("b", 1))
     _commit(tmp_path, "20260102T000000Z-000002", labeled("a", 3, label_id=2))  # a forced relabel of a
     _commit(tmp_path, "20260103T000000Z-000003", labeled("a", 1, weights="random:seed=1"))  # new weights
-    videos_sql, clips_sql = runs.current_sql(str(tmp_path))
+    videos_sql, clips_sql = query.current_sql(str(tmp_path))
     v = duckdb.sql(f"SELECT video_id, weights, run_id, num_clips FROM ({videos_sql}) ORDER BY ALL").fetchall()
-    assert v == [("a", "random:seed=0", "20260102T000000Z-000002", 3), ("a", "random:seed=1", "20260103T000000Z-000003", 1),
+    assert v == [("a", "random:seed=0", "20260102T000000Z-000002", 3),
+                 ("a", "random:seed=1", "20260103T000000Z-000003", 1),
                  ("b", "random:seed=0", "20260101T000000Z-000001", 1)]
     c = duckdb.sql(f"SELECT video_id, weights, clip_index, label_id FROM ({clips_sql}) ORDER BY ALL").fetchall()
     assert c == [("a", "random:seed=0", 0, 2), ("a", "random:seed=0", 1, 2), ("a", "random:seed=0", 2, 2),
                  ("a", "random:seed=1", 0, 0), ("b", "random:seed=0", 0, 0)]
-    from r2p1d_batch import query
-
     con = query.connect(str(tmp_path))  # the query module's views apply the same rule
     assert con.sql("SELECT video_id, weights, run_id, num_clips FROM videos ORDER BY ALL").fetchall() == v
     assert con.sql("SELECT video_id, weights, clip_index, label_id FROM clips ORDER BY ALL").fetchall() == c
     assert con.sql("SELECT count(*) FROM runs").fetchall() == [(3,)]
     # history stays: the raw committed glob still has every run's rows
     assert committed_rows(tmp_path) == 2 + 1 + 3 + 1
-    assert runs.current(runs.committed_videos(str(tmp_path)))[("a", "fp1", "random:seed=0")]["run_id"] == "20260102T000000Z-000002"
+    current = incremental.current(incremental.committed_videos(str(tmp_path)))
+    assert current[("a", "fp1", "random:seed=0")]["run_id"] == "20260102T000000Z-000002"
 
 
 def test_driver_fingerprints_match_the_decode_stage(tmp_path):
@@ -238,11 +243,11 @@ def test_driver_fingerprints_match_the_decode_stage(tmp_path):
     cfg = config_mod.load(None, [], manifest="m")
     row = {"video_id": "v", "uri": str(path), "start_sec": None, "end_sec": None}
     decoded = [r for r in decode_video(row, cfg) if r["kind"] == "video"][0]
-    fp = runs.fingerprints([str(path), str(tmp_path / "missing.mp4")])
+    fp = incremental.fingerprints([str(path), str(tmp_path / "missing.mp4")])
     assert fp == [decoded["source_fingerprint"], None]
     time.sleep(0.01)
     make_video(path, n_frames=25, fps=15, size=(64, 48))  # the file changes: so does its fingerprint
-    assert runs.fingerprints([str(path)])[0] != fp[0]
+    assert incremental.fingerprints([str(path)])[0] != fp[0]
 
 
 def test_weights_id_without_building_the_model(tmp_path):
@@ -276,13 +281,14 @@ def test_decode_time_limit_turns_a_hang_into_a_timeout_row(tmp_path, monkeypatch
 
 
 def test_cli_flags_map_to_run_mode():
-    sys.path.insert(0, str(ROOT / "jobs"))
-    import label
+    from r2p1d_batch.cli import build_parser
+    from r2p1d_batch.cli.label import build_config
 
+    parser = build_parser()
     for argv, mode in (([], "incremental"), (["--rerun-failed"], "rerun_failed"), (["--force"], "force")):
-        assert label.build_config(label.parse_args(["m.parquet", *argv])).run.mode == mode
+        assert build_config(parser.parse_args(["label", "m.parquet", *argv])).run.mode == mode
     with pytest.raises(SystemExit):
-        label.parse_args(["m.parquet", "--force", "--rerun-failed"])
+        parser.parse_args(["label", "m.parquet", "--force", "--rerun-failed"])
 
 
 def test_driver_memory_does_not_grow_with_the_number_of_videos(tmp_path):
@@ -297,7 +303,7 @@ def test_driver_memory_does_not_grow_with_the_number_of_videos(tmp_path):
             rss[i] = proc.memory_info().rss
     s = w.commit(1.0)
     assert (s.videos, s.clips) == (2500, 10_000)
-    assert not w._pending_clips and not w._prob_sums
+    assert not w.assembler.pending and not w.assembler._prob_sums
     assert rss[len(ids) - 1] - rss[500] < 24 * 2**20  # measured: flat (±2 MiB) from 500 to 6000 videos
 
 
@@ -332,26 +338,28 @@ def test_s3_commit_is_visible_only_through_the_record_and_a_killed_run_is_swept(
     w.add(labeled("b", 2))
     w._flush()
     assert fs.find(f"{root}/_staging") and not fs.exists(f"{root}/clips")
-    assert runs.committed_run_ids(s3_out) == []
+    assert commit.committed_run_ids(s3_out) == []
     s = w.commit(1.0)
-    assert runs.committed_run_ids(s3_out) == [s.run_id]
-    files = runs.committed_files(s3_out, "clips")
+    assert commit.committed_run_ids(s3_out) == [s.run_id]
+    files = commit.committed_files(s3_out, "clips")
     assert len(files) == 1 and pq.read_table(files[0], filesystem=fs).num_rows == 5
     assert not fs.exists(f"{root}/_staging/run_id={s.run_id}")
     con = duckdb.connect()
     con.register_filesystem(fs)  # DuckDB reads S3 through fsspec: no httpfs download
-    count = lambda: con.sql(f"SELECT count(*) FROM ({runs.committed_sql(s3_out, 'clips')})").fetchall()[0][0]
+    def count():
+        return con.sql(f"SELECT count(*) FROM ({query.committed_sql(s3_out, 'clips')})").fetchall()[0][0]
+
     assert count() == 5
     # a run killed between publishing (copies) and its record: never visible, swept next time
-    proc = _run_child("runs.write_record = lambda *a, **k: os._exit(9)\n"
+    proc = _run_child("commit.write_record = lambda *a, **k: os._exit(9)\n"
                       "w = writer(out, '20260102T000000Z-dead00'); w.add(labeled('a', 3)); w.commit(1.0)", s3_out)
     assert proc.returncode == 9, proc.stderr
     fs.invalidate_cache()
     assert fs.find(f"{root}/clips/run_id=20260102T000000Z-dead00")  # copied, but no record:
-    assert runs.committed_run_ids(s3_out) == [s.run_id]  # not committed
+    assert commit.committed_run_ids(s3_out) == [s.run_id]  # not committed
     assert count() == 5  # the record-honouring glob ignores the copied files
-    assert runs.sweep(s3_out).removed == ["20260102T000000Z-dead00"]
+    assert commit.sweep(s3_out).removed == ["20260102T000000Z-dead00"]
     fs.invalidate_cache()
     assert not fs.find(f"{root}/clips/run_id=20260102T000000Z-dead00")
     assert not fs.find(f"{root}/_staging")
-    assert [f.rsplit("/", 2)[-2] for f in runs.committed_files(s3_out, "videos")] == [f"run_id={s.run_id}"]
+    assert [f.rsplit("/", 2)[-2] for f in commit.committed_files(s3_out, "videos")] == [f"run_id={s.run_id}"]

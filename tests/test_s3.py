@@ -18,10 +18,11 @@ import pytest
 
 from r2p1d_batch import config as config_mod
 from r2p1d_batch import query
+from r2p1d_batch.decode_stage import decode_video
 from r2p1d_batch.manifest import ManifestError, read_manifest
 from r2p1d_batch.pipeline import local_runtime_env
-from r2p1d_batch.stages import decode_video
 from r2p1d_batch.storage import aws_env, filesystem, resolve, storage_options
+
 from tests.s3_fixtures import _proxy_server, moto_s3, s3_env, s3_proxy  # noqa: F401 (fixtures)
 from tests.synth import make_video
 
@@ -85,7 +86,8 @@ def test_runtime_env_reaches_ray_workers():
     if ray.is_initialized():  # the session's shared Ray: the same dict, as a task runtime_env
         got = ray.get(probe.options(runtime_env=renv).remote())
     else:  # as init_ray does it: the job-level runtime_env
-        ray.init(num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False, runtime_env=renv)
+        ray.init(address="local", num_cpus=1, object_store_memory=100 * 2**20, include_dashboard=False,
+                 runtime_env=renv)
         try:
             got = ray.get(probe.remote())
         finally:
@@ -229,7 +231,8 @@ def test_end_to_end_s3_manifest_videos_and_output(s3_env, s3_proxy, tmp_path):
     out = _query("s3://lab/labels", env, "--report", "failed", "--format", "json")
     assert out.returncode == 0, out.stderr
     failed = {r["video_id"]: r for r in map(json.loads, out.stdout.splitlines())}
-    assert failed["missing"]["error_class"] == "NotFound" and "s3://lab/videos/missing.mp4" in failed["missing"]["error"]
+    assert failed["missing"]["error_class"] == "NotFound"
+    assert "s3://lab/videos/missing.mp4" in failed["missing"]["error"]
     assert failed["locked"]["error_class"] == "AccessDenied"
     assert set(failed) == {"missing", "locked"}
 

@@ -2,7 +2,13 @@ import pytest
 
 from r2p1d_batch.config import SamplingConfig
 from r2p1d_batch.sampling import (
-    ShortVideoError, dense_starts, plan_clips, resolve_window, sampling_id, uniform_starts, zoo_times,
+    ShortVideoError,
+    dense_starts,
+    plan_clips,
+    resolve_window,
+    sampling_id,
+    uniform_starts,
+    zoo_times,
 )
 
 

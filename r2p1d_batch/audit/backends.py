@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -105,7 +106,8 @@ class ReplayBackend:
 
     def __init__(self, paths: list[str]):
         if not paths:
-            raise AuditError("--backend replay needs --device-outputs FILE (AI Hub's .h5 or an audit's device_outputs.npz)")
+            raise AuditError("--backend replay needs --device-outputs FILE "
+                             "(AI Hub's .h5 or an audit's device_outputs.npz)")
         chunks, self.keys, self.meta = [], None, {}
         for p in map(Path, paths):
             if not p.is_file():

@@ -1,5 +1,8 @@
 """The audit's user-facing error: something the person running it must fix (exit code 2)."""
 
 
-class AuditError(RuntimeError):
+from ..errors import UserError
+
+
+class AuditError(UserError, RuntimeError):
     """Nothing to audit, a bad selection, weights that changed, unreadable replay files..."""

@@ -26,7 +26,9 @@ import requests
 from qai_hub import client as hub_client
 from qai_hub import public_rest_api as hub_api
 
+from ..errors import ServiceError
 from ..export import CLIP_SHAPE, INPUT_NAME, OUTPUT_NAME, DeviceGraph, export_onnx  # noqa: F401 (re-exported)
+
 CLIP_BYTES = 4 * math.prod(CLIP_SHAPE)  # float32: ~2.3 MiB per clip
 
 # AI Hub uploads go in 256 MiB parts; keeping one dataset near half of that
@@ -48,7 +50,11 @@ _CONFIGURE_HINT = (
 )
 
 
-class HubError(RuntimeError):
+# HubError kinds that the user fixes (exit 2); the others mean the hub or a job failed (exit 3).
+USER_KINDS = frozenset({"no_token", "auth", "unknown_device", "unsupported_runtime"})
+
+
+class HubError(ServiceError):
     """A failure talking to AI Hub, phrased for the person running the audit.
 
     `kind` is one of: no_token, auth, unknown_device, unsupported_runtime,
@@ -62,6 +68,10 @@ class HubError(RuntimeError):
         self.kind = kind
         self.job_id = job_id
         self.url = url
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.kind in USER_KINDS else 3
 
 
 # --- pure helpers -------------------------------------------------------------

@@ -84,14 +84,16 @@ def markdown(summary: dict, diffs: np.ndarray) -> str:
     lines += [f"# Device consistency audit {s['audit_id']}: {verdict}", ""]
     b = s["backend"]
     lines += [f"- output: `{s['output']}`  runs: {', '.join(s['runs'])}",
-              f"- weights: `{s['weights']}`" + ("  (RANDOM WEIGHTS: a smoke audit)" if s["weights"].startswith("random:") else ""),
+              f"- weights: `{s['weights']}`"
+              + ("  (RANDOM WEIGHTS: a smoke audit)" if s["weights"].startswith("random:") else ""),
               f"- backend: **{b.get('backend')}**  device: **{b.get('device')}**  runtime: **{b.get('runtime')}**",
               f"- sample: {s['sampled']} clips (seed {s['seed']}, stratified over {s['labels_in_sample']} labels); "
               f"verified inputs: {s['verified']}; {', '.join(f'{k}: {v}' for k, v in s['input_status'].items())}",
               ""]
     lines += ["| check | value | threshold | ok |", "|---|---|---|---|"]
     for c in s["checks"]:
-        lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | {'yes' if c['passed'] else '**NO**'} |")
+        ok = "yes" if c["passed"] else "**NO**"
+        lines.append(f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | {ok} |")
     m = s.get("metrics", {})
     if m.get("clips"):
         lines += ["", f"Median cosine {_fmt(m['cosine_median'])}, median PSNR {_fmt(m['psnr_db_median'])} dB, "

@@ -2,14 +2,15 @@
 by stored label. Reads only the small columns (no pixels) of committed runs' Parquet."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..runs import committed_runs
+from ..commit import committed_runs
 from ..storage import filesystem, join
 from .errors import AuditError
 
@@ -105,7 +106,8 @@ def committed_clips(output: str, storage=None, run_id: Optional[str] = None) -> 
         table = table.append_column(name, pa.array([f.get(name) for f in found], typ))
     weights = pc.unique(table.column("weights")).to_pylist()
     if len(weights) > 1:
-        per = {w: sorted({r for r, x in zip(table.column("run_id").to_pylist(), table.column("weights").to_pylist()) if x == w})
+        pairs = list(zip(table.column("run_id").to_pylist(), table.column("weights").to_pylist()))
+        per = {w: sorted({r for r, x in pairs if x == w})
                for w in weights}
         listing = "; ".join(f"{w}: runs {', '.join(r)}" for w, r in per.items())
         raise AuditError(f"{output}: the committed runs used different weights ({listing}); "

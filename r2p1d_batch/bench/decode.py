@@ -165,5 +165,6 @@ def fidelity_rows(path: Path, n_clips: int, weights: str) -> list[dict]:
         d = np.abs(got[scaler].astype(np.int16) - got["exact"])
         top1 = clf(got[scaler]).topk_ids[:, 0]
         rows.append({"video": path.name, "scaler": scaler, "clips": len(ref), "mean_abs_px": float(d.mean()),
-                     "max_abs_px": int(d.max()), "top1_changed": float((top1 != ref).mean()), "weights": clf.weights_id})
+                     "max_abs_px": int(d.max()), "top1_changed": float((top1 != ref).mean()),
+                     "weights": clf.weights_id})
     return rows

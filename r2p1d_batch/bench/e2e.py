@@ -1,4 +1,4 @@
-"""End to end: the labeling pipeline (pipeline.run, the code behind jobs/label.py) on a warm
+"""End to end: the labeling pipeline (pipeline.label, the code behind `r2p1d label`) on a warm
 local Ray vs each stage alone at the same resources, and vs a naive sequential loop."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from .. import config as config_mod
 from ..classify import ClipClassifier
 from ..decode import VideoSource
+from ..decode_stage import decode_video
 from ..preprocess import FrameTransform
 from ..sampling import plan_clips
-from ..stages import decode_video
 
 
 def write_manifest(videos: list[Path], path: Path) -> Path:
@@ -72,12 +72,12 @@ def naive_loop(cfg, videos, threads: int) -> tuple[float, int]:
 
 def pipeline_row(profile: str, n: int, e2e_s: float, summary, decode_cps: float, model_cps: float,
                  naive_cps: float) -> dict:
-    """One pipeline.run against its stages alone and the naive loop. Whole-run figures count
+    """One pipeline.label against its stages alone and the naive loop. Whole-run figures count
     start-up; steady_* use RunSummary.steady_clips_per_sec (clips after the first block over
     first to last arrival at the writer). max_vs_naive bounds vs_naive: a pipeline cannot beat
     its slowest stage, and the naive loop already runs the model, the slowest stage, on all cores."""
     slowest, cps, steady = min(decode_cps, model_cps), n / e2e_s, summary.steady_clips_per_sec
-    return {"what": f"pipeline.run [{profile}]", "clips": summary.clips, "clips_per_s": cps,
+    return {"what": f"pipeline.label [{profile}]", "clips": summary.clips, "clips_per_s": cps,
             "vs_slowest_stage": cps / slowest, "vs_naive": cps / naive_cps, "first_clip_s": summary.first_clip_sec,
             "steady_clips_per_s": steady, "steady_vs_slowest": steady / slowest if steady else None,
             "max_vs_naive": slowest / naive_cps}
@@ -89,7 +89,7 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
     pipeline is compared with the model stage alone at that profile's resources."""
     import ray
 
-    from ..pipeline import init_ray, run
+    from ..pipeline import init_ray, label
 
     names = [p.name if p else "default" for p in profiles]
     measured = []  # (profile, model alone: seconds and what ran, pipeline seconds, summary)
@@ -102,7 +102,7 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
             model_s, model_what = _model_alone(cfg, clips)
             init_ray(cfg)  # a warm cluster, as with `ray job submit`; actor start-up is counted
             t = time.perf_counter()
-            summary = run(cfg)
+            summary = label(cfg)
             e2e_s = time.perf_counter() - t
             ray.shutdown()
             measured.append((name, model_s, model_what, e2e_s, summary))
@@ -115,8 +115,9 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
         rows.append(pipeline_row(name, n, e2e_s, summary, decode_cps, n / model_s, naive_cps))
     rows.append({"what": f"naive loop (full decode, eager torch, {naive_threads} threads)", "clips": naive_n,
                  "clips_per_s": naive_cps})
-    notes = [f"{len(videos)} videos, {n} clips; profiles: {', '.join(names)} (configs/); overrides: {' '.join(overrides)}",
-             "clips_per_s, vs_*: the whole pipeline.run on an already running local Ray, start-up included "
+    notes = [f"{len(videos)} videos, {n} clips; profiles: {', '.join(names)} (configs/); "
+             f"overrides: {' '.join(overrides)}",
+             "clips_per_s, vs_*: the whole pipeline.label on an already running local Ray, start-up included "
              "(validation, actor start-up, first decode and batch); first_clip_s: run start to the first labeled "
              "clip at the writer; steady_clips_per_s: clips after the first block / (last - first clip arrival at "
              "the writer), RunSummary.steady_clips_per_sec; the writer gets one block per video",

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def label_cmd(manifest: Path, out: Path, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "jobs" / "label.py"), str(manifest), "--output", str(out), "--log-level", "WARNING"]
+    cmd = [sys.executable, str(ROOT / "jobs" / "label.py"), str(manifest), "--output", str(out),
+           "--log-level", "WARNING"]
     for o in ["ray.progress_bars=false", *overrides]:
         cmd += ["--set", o]
     return cmd

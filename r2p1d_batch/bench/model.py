@@ -4,8 +4,8 @@ measured fp32 matmul peak at the same thread count (roofline.py)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 from ..preprocess import torch_threads
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_gflop_per_clip(frames: int = 16, size: int = 112) -> float:
     """2 x multiply-adds of every Conv3d and Linear in one R(2+1)D-18 forward of one clip.
     Counted with forward hooks on a meta-device forward: shapes only, no arithmetic, no memory.

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from r2p1d_batch import config, schema
-from r2p1d_batch.stages import ClassifierActor, clip_pixels
+from r2p1d_batch.classify_stage import ClassifierActor, clip_pixels
 
 SHAPE = (16, 112, 112, 3)
 
@@ -63,24 +63,3 @@ def test_classifier_actor_scores_clip_rows_and_passes_video_rows():
     assert [lbl is None for lbl in labels] == [k == "video" for k in kinds]
     ref = actor.classifier(np.stack(ca + cb))
     assert [x for x in labels if x is not None] == ref.topk_ids[:, 0].tolist()
-
-
-def test_decode_stage_runs_torch_on_one_thread(tmp_path):
-    """resize_exact needs one torch thread; a decode task keeps it rather than switching per frame."""
-    import torch
-
-    from r2p1d_batch.stages import DecodeStage
-    from synth import make_video
-
-    video = make_video(tmp_path / "v.mp4", n_frames=20, fps=15)
-    cfg = config.load(None, [])
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        blocks = list(DecodeStage(cfg)(pa.table({"video_id": ["v"], "uri": [str(video)], "start_sec": [None],
-                                                  "end_sec": [None]})))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    kinds = [k for b in blocks for k in b.column("kind").to_pylist()]
-    assert kinds.count("video") == 1 and kinds.count("clip") >= 1

@@ -47,7 +47,8 @@ def new_audit_id() -> str:
 
 def _replay_sample(table: pa.Table, keys: dict) -> pa.Table:
     """The clips a replayed device_outputs.npz names, in its order."""
-    index = {k: i for i, k in enumerate(zip(*(table.column(c).to_pylist() for c in ("run_id", "video_id", "clip_index"))))}
+    columns = (table.column(c).to_pylist() for c in ("run_id", "video_id", "clip_index"))
+    index = {k: i for i, k in enumerate(zip(*columns))}
     rows = []
     for key, sha in zip(zip(keys["run_id"], keys["video_id"], keys["clip_index"]), keys["clip_sha"]):
         i = index.get(tuple(key))
@@ -133,10 +134,12 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
         del clips_01
         device = np.asarray(device, np.float32).reshape(len(ok), -1)
     else:
-        device, backend_report = np.zeros((0, len(labels)), np.float32), {"backend": getattr(backend, "name", a.backend)}
+        device = np.zeros((0, len(labels)), np.float32)
+        backend_report = {"backend": getattr(backend, "name", a.backend)}
 
     # Stage 4: compare per clip, aggregate, check thresholds.
-    per_clip = compare(host, device) if ok else {k: np.zeros(0) for k in ("top1_agree", "top5_overlap", "cosine", "psnr_db", "max_abs_diff")}
+    metrics = ("top1_agree", "top5_overlap", "cosine", "psnr_db", "max_abs_diff")
+    per_clip = compare(host, device) if ok else {k: np.zeros(0) for k in metrics}
     metrics = summarize(per_clip)
     host_top1 = topk_ids(host, 1)[:, 0] if ok else np.zeros(0, int)
     dev_top1 = topk_ids(device, 1)[:, 0] if ok else np.zeros(0, int)
@@ -165,7 +168,8 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
             problems.append(f"{where}: input {chk.status}: {chk.error}")
         else:
             r.update(
-                host_label=labels[host_top1[j]], host_label_id=int(host_top1[j]), host_matches_label=bool(host_match[j]),
+                host_label=labels[host_top1[j]], host_label_id=int(host_top1[j]),
+                host_matches_label=bool(host_match[j]),
                 device_label=labels[dev_top1[j]], device_label_id=int(dev_top1[j]),
                 **{k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in per_clip.items()},
                 host_logits=host[j].tolist(), device_logits=device[j].tolist(),
@@ -195,7 +199,8 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
                    "video_id": np.array([rows[i]["video_id"] for i in ok], dtype=str),
                    "clip_index": np.array([rows[i]["clip_index"] for i in ok], dtype=np.int64),
                    "clip_sha": np.array([rows[i]["clip_sha"] for i in ok], dtype=str),
-                   "device": np.array(str(backend_report.get("device"))), "runtime": np.array(str(backend_report.get("runtime")))}
+                   "device": np.array(str(backend_report.get("device"))),
+                   "runtime": np.array(str(backend_report.get("runtime")))}
     report_dir = report.write(out, audit_id, out_rows, summary, device_file, cfg.storage)
     summary["report_dir"] = report_dir
     diffs = np.abs(device - host).ravel() if ok else np.zeros(0)

@@ -1,4 +1,4 @@
-"""The committed-runs record, and the rules built on it: commit, leftovers, "current", incremental.
+"""The commit protocol of a run: staging under a lease, heartbeat, publish, the commit record.
 
 Layout under an output root OUT (local or s3://, same code through fsspec):
 
@@ -11,13 +11,10 @@ Layout under an output root OUT (local or s3://, same code through fsspec):
 A run is committed when, and only when, its record exists. Commit order: staged files are
 published (local: one directory rename per table; S3: server-side copies), then the record is
 put (local: temp file + rename; S3: a single PUT, atomic by itself). Readers that go through
-the record (``committed_run_ids``, the query views, the SQL in ``COMMITTED_*_SQL``) never see
-a partial or killed run. A killed run's files are removed by the next run (``sweep``) once its
-lease is stale, and ignored by every reader until then.
-
-"Current" rule: over committed runs, the newest row per (video_id, source_fingerprint,
-weights) -- a forced relabel supersedes older rows of the same key, and clips follow their
-video row (joined on run_id, video_id). Older runs stay in place as history.
+the record (``committed_run_ids``, the query views, the SQL in ``query.COMMITTED_SQL``) never
+see a partial or killed run. A killed run's files are removed by the next run (``sweep``) once
+its lease is stale, and ignored by every reader until then. ``StagedRun`` is the writer's side
+of all this; which rows go into the files is not its business (see aggregate.py).
 """
 from __future__ import annotations
 
@@ -25,15 +22,17 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import filesystem, fingerprint, is_local, join
+from .errors import UserError
+from .storage import filesystem, join
 
 log = logging.getLogger("r2p1d_batch")
 
@@ -41,10 +40,10 @@ RUNS_DIR = "_runs"
 STAGING_DIR = "_staging"
 LEASE = "_lease.json"
 TABLES = ("clips", "videos")
-KEY = ("video_id", "source_fingerprint", "weights")
+HEARTBEAT_SEC = 30.0
 
 
-class RunInProgressError(RuntimeError):
+class RunInProgressError(UserError, RuntimeError):
     """Another run holds this output (a live lease): two writers would race on the selection."""
 
 
@@ -215,94 +214,102 @@ def sweep(output: str, storage=None, stale_after_sec: float = 900.0, keep: Itera
     return result
 
 
-# -- committed rows, the "current" rule, incremental selection -------------------------------
-def committed_videos(output: str, storage=None, columns=(*KEY, "status")) -> pa.Table:
-    """``columns`` + run_id of every committed videos row (small columns only)."""
-    fs, root = filesystem(output, storage)
-    parts = []
-    for r in committed_runs(output, storage):
-        for path in committed_files(output, "videos", storage, runs=[r]):
-            t = pq.read_table(path, filesystem=fs, columns=list(columns))
-            parts.append(t.append_column("run_id", pa.array([r["run_id"]] * t.num_rows, pa.string())))
-    if not parts:
-        return pa.table({**{c: pa.array([], pa.string()) for c in columns}, "run_id": pa.array([], pa.string())})
-    return pa.concat_tables(parts)
+# -- the writer's side: one run's staged files ----------------------------------------------
+class PartWriter:
+    """Rolling Parquet part files under one directory."""
+
+    def __init__(self, fs, directory: str, sch: pa.Schema, rows_per_file: int):
+        self.fs, self.dir, self.schema, self.limit = fs, directory, sch, rows_per_file
+        self.part, self.rows_in_part, self._w, self._f = 0, 0, None, None
+        fs.makedirs(directory, exist_ok=True)
+
+    def write(self, rows: list[dict]) -> None:
+        while rows:
+            if self._w is None:
+                self._f = self.fs.open(join(self.dir, f"part-{self.part:05d}.parquet"), "wb")
+                self._w = pq.ParquetWriter(self._f, self.schema, compression="zstd")
+            take = rows[: self.limit - self.rows_in_part]
+            self._w.write_table(pa.Table.from_pylist(take, schema=self.schema))
+            self.rows_in_part += len(take)
+            rows = rows[len(take) :]
+            if self.rows_in_part >= self.limit:
+                self._roll()
+
+    @property
+    def parts(self) -> int:
+        """Part files written (closed) so far."""
+        return self.part
+
+    def _roll(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._f.close()
+            self._w, self._f, self.rows_in_part = None, None, 0
+            self.part += 1
+
+    def close(self) -> None:
+        self._roll()
 
 
-def current(videos: pa.Table) -> dict[tuple, dict]:
-    """The "current" rule on the driver: key -> newest committed row (by run_id)."""
-    out: dict[tuple, dict] = {}
-    for row in sorted(videos.to_pylist(), key=lambda r: r["run_id"]):
-        out[tuple(row[k] for k in KEY)] = row
-    return out
+class StagedRun:
+    """One run's output while it runs: a lease (kept fresh by a heartbeat thread), a part writer
+    per table under _staging/, and ``commit`` (publish, then the record) or ``abort``."""
 
+    def __init__(self, output: str, run_id: str, schemas: dict[str, pa.Schema], *, rows_per_file: int,
+                 storage=None):
+        self.run_id = run_id
+        self.fs, root = filesystem(output.rstrip("/"), storage)
+        self.root = root.rstrip("/")
+        self.staging = join(self.root, STAGING_DIR, f"run_id={run_id}")
+        write_lease(self.fs, self.root, run_id)  # first: the run holds the output from here
+        self._stop_beat = threading.Event()
+        threading.Thread(target=self._heartbeat, name=f"lease-{run_id}", daemon=True).start()
+        self.tables = {t: PartWriter(self.fs, join(self.staging, t), schemas[t], rows_per_file) for t in TABLES}
 
-SKIP, NEW, CHANGED, RETRIED, FORCED = "skipped", "new", "changed", "retried", "forced"
+    def _heartbeat(self) -> None:
+        # A thread, so the lease stays fresh while rows stall (actors starting, a long video).
+        while not self._stop_beat.wait(HEARTBEAT_SEC):
+            try:
+                write_lease(self.fs, self.root, self.run_id)
+            except Exception:  # a transient store error: the next beat tries again
+                pass
 
+    def write(self, table: str, rows: list[dict]) -> None:
+        self.tables[table].write(rows)
 
-def select(video_ids: list[str], fingerprints: list[Optional[str]], weights: str, committed: pa.Table,
-           mode: str) -> list[str]:
-    """Per manifest row, what this run does with it:
-    skipped (a committed row for the same key: ok, or error in incremental mode),
-    new (video_id never committed), changed (committed, but for another fingerprint or weights),
-    retried (an error row, rerun_failed/force), forced (an ok row relabeled by force)."""
-    cur = current(committed)
-    seen = set(committed.column("video_id").to_pylist()) if committed.num_rows else set()
-    out = []
-    for vid, fp in zip(video_ids, fingerprints):
-        row = cur.get((vid, fp, weights))
-        if row is None:
-            out.append(CHANGED if vid in seen else NEW)
-        elif row["status"] == "ok":
-            out.append(FORCED if mode == "force" else SKIP)
-        else:
-            out.append(SKIP if mode == "incremental" else RETRIED)
-    return out
+    def commit(self, record: dict) -> list[str]:
+        """Publish the staged files, then put the run record (``record`` plus ``files``): the
+        run is visible from that put. Returns the data files, relative to the output root."""
+        for w in self.tables.values():
+            w.close()
+        self._stop_beat.set()
+        files = []
+        for table, part_writer in self.tables.items():
+            published = publish(self.fs, join(self.staging, table), join(self.root, table, f"run_id={self.run_id}"))
+            if len(published) != part_writer.parts:  # staging was removed under us (a sweep misjudged the lease)
+                raise RuntimeError(f"run {self.run_id}: {part_writer.parts} {table} parts written, "
+                                   f"{len(published)} found at commit: not committing")
+            files += [f[len(self.root) + 1:] for f in published]
+        write_record(self.fs, self.root, self.run_id, json.dumps({**record, "files": files}, indent=2, sort_keys=True))
+        self._remove_staging()
+        return files
 
+    def abort(self) -> None:
+        """A run that failed in-process: drop its staging (a killed one is swept next time)."""
+        self._stop_beat.set()
+        for w in self.tables.values():
+            try:
+                w.close()
+            except Exception:
+                pass
+        self._remove_staging()
 
-def fingerprints(uris: list[str], storage=None, threads: int = 32) -> list[Optional[str]]:
-    """Source fingerprints on the driver, the way the decode stage computes them (fs.info);
-    None where the file cannot be stat'ed (the decode stage then writes the error row).
-    Remote stores are asked in parallel threads: one HEAD per object, no data read."""
-
-    def one(uri: str) -> Optional[str]:
-        if not uri:
-            return None
+    def _remove_staging(self) -> None:
         try:
-            fs, path = filesystem(uri, storage)
-            return fingerprint(fs.info(path))
-        except Exception:
-            return None
-
-    if all(is_local(u) for u in uris) or len(uris) < 2:
-        return [one(u) for u in uris]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, uris))
-
-
-# -- SQL for readers who bring their own DuckDB ----------------------------------------------
-# {videos}/{clips}: relations over the committed files (e.g. read_parquet([...files of
-# committed_files()], hive_partitioning = true, union_by_name = true), or the plain glob
-# joined with the records, COMMITTED_*_SQL below).
-COMMITTED_SQL = r"""
-SELECT t.* FROM read_parquet('{root}/{table}/run_id=*/*.parquet', hive_partitioning = true,
-                             union_by_name = true) t
-WHERE t.run_id IN (SELECT regexp_extract(file, 'run_id=([^/]*)\.json$', 1)
-                   FROM glob('{root}/_runs/run_id=*.json'))"""
-CURRENT_VIDEOS_SQL = """
-SELECT * FROM {videos}
-QUALIFY row_number() OVER (PARTITION BY video_id, source_fingerprint, weights ORDER BY run_id DESC) = 1"""
-CURRENT_CLIPS_SQL = """
-SELECT c.* FROM {clips} c SEMI JOIN ({current_videos}) v ON c.run_id = v.run_id AND c.video_id = v.video_id"""
-
-
-def committed_sql(root: str, table: str) -> str:
-    """A plain-glob query over ``table`` that honours the commit records."""
-    return COMMITTED_SQL.format(root=root.rstrip("/"), table=table)
-
-
-def current_sql(root: str) -> tuple[str, str]:
-    """(videos, clips) SQL of the "current" rows over committed runs under ``root``."""
-    videos = CURRENT_VIDEOS_SQL.format(videos=f"({committed_sql(root, 'videos')})")
-    clips = CURRENT_CLIPS_SQL.format(clips=f"({committed_sql(root, 'clips')})", current_videos=videos)
-    return videos, clips
+            if self.fs.exists(self.staging):
+                self.fs.rm(self.staging, recursive=True)
+            top = join(self.root, STAGING_DIR)
+            if self.fs.exists(top) and not self.fs.ls(top):
+                self.fs.rmdir(top)
+        except OSError:
+            pass  # a concurrent listing or an S3 prefix: harmless, swept later

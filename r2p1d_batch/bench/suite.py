@@ -39,7 +39,7 @@ MODES = {
 }
 
 
-def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "random", inputs_dir=None,
+def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str = "random", inputs_dir=None,
         out: str = "bench.json", gpu_only: bool = False) -> dict:
     from .. import config as config_mod
 
@@ -54,14 +54,16 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         result["sections"][name] = {"rows": rows, "notes": list(notes), "wall_s": now - last, **extra}
         last = now
         write_json(result, out)  # after every section: a long run that dies still leaves figures
-        print(format_report({"machine": result["machine"], "sections": {name: result["sections"][name]}}).split("\n", 1)[1],
+        one = {"machine": result["machine"], "sections": {name: result["sections"][name]}}
+        print(format_report(one).split("\n", 1)[1],
               flush=True)
 
     if "decode" in sections:
         from .decode import throughput_rows
 
         rows, notes = throughput_rows({f"{k}": vid((k, s)) for k, s in m.decode_videos}, threads, m.decode_seconds)
-        section("decode", rows, notes + [f"frames/s over {f'the first {m.decode_seconds:g} s' if m.decode_seconds else 'the whole file'}; best of 3 runs each; every frame "
+        span = f"the first {m.decode_seconds:g} s" if m.decode_seconds else "the whole file"
+        section("decode", rows, notes + [f"frames/s over {span}; best of 3 runs each; every frame "
                                          "converted and resized to 112x112 clips (ours) / RGB24 (ffmpeg, decord)"])
     if "sparse" in sections:
         from .decode import sparse_row
@@ -76,7 +78,8 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
         for k, s in m.decode_videos:
             rows += fidelity_rows(vid((k, s)), m.fidelity_clips, weights)
         section("fidelity", rows, ["vs the exact (preset) path on the same clips; top1_changed is the share of "
-                                   "clips whose top-1 label differs (random weights: an upper bound, near-uniform scores flip easily)"])
+                                   "clips whose top-1 label differs (random weights: an upper bound, "
+                                   "near-uniform scores flip easily)"])
     if "model" in sections:
         from .model import runtime_rows
 
@@ -85,8 +88,9 @@ def run(mode: str, sections: list[str], *, threads: int = 1, weights: str = "ran
 
         rows, notes = runtime_rows(batch, min(os.cpu_count() or 1, 2), m.model_seconds, m.model_batches, weights,
                                    gpu_only)
-        section("model", rows, [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips; each runtime "
-                                f"timed >= {m.model_seconds:g} s and >= {m.model_batches} batches after a warm-up batch",
+        section("model", rows, [f"weights={weights}; max_abs_dlogit vs torch eager fp32 on the same clips; "
+                                f"each runtime timed >= {m.model_seconds:g} s and >= {m.model_batches} batches "
+                                "after a warm-up batch",
                                 *notes])
     if "e2e" in sections and m.e2e_videos:
         from .e2e import e2e_rows

@@ -1,0 +1,59 @@
+"""The ``r2p1d`` command (also ``python -m r2p1d_batch``): one subcommand per module here.
+
+Each module has ``add_parser(subparsers)`` (its arguments, ``--help`` text and ``func``) and a
+``run(args) -> int``. Errors the user must act on (``errors.UserError``) are printed without a
+traceback and exit with their code: 2 bad input or config, 3 an outside service failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from ..errors import UserError
+from . import audit, bench, demo, export, fetch_weights, label, query, sample
+
+COMMANDS = (label, query, audit, export, bench, demo, sample, fetch_weights)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="r2p1d", description="Label the actions in video collections with R(2+1)D-18 on Ray.",
+        epilog="r2p1d COMMAND --help shows a command's options.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level or getattr(args, "default_log_level", "WARNING"), format=LOG_FORMAT)
+    try:
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def add_config_args(p: argparse.ArgumentParser, example: str = "model.weights=random") -> None:
+    """--config / --set, the same on every command that reads the config."""
+    p.add_argument("--config", "-c", metavar="FILE|NAME",
+                   help="YAML profile layered on the shipped defaults: a file, or a shipped profile "
+                        "name (cpu, cluster)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config key, e.g. --set {example} (repeatable)")
+
+
+def command(sub, name: str, module_doc: str, run, **kwargs) -> argparse.ArgumentParser:
+    """A subparser whose help is its module's docstring (first line: summary)."""
+    summary = module_doc.strip().splitlines()[0]
+    p = sub.add_parser(name, help=summary, description=module_doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    p.set_defaults(run=run)
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging level (default: INFO for label and audit, WARNING otherwise)")
+    return p

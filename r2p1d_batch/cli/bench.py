@@ -1,0 +1,36 @@
+"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory).
+
+  r2p1d bench [--quick|--tiny] [--gpu-only] [--out bench.json]
+
+Inputs are synthetic H.264 videos generated once and cached (R2P1D_BENCH_INPUTS or
+~/.cache/r2p1d_batch/bench). Prints a table per section and writes them all as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    from ..bench.suite import SECTIONS
+    from . import command
+
+    p = command(sub, "bench", __doc__, run)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="short inputs, a few minutes on 2 cores")
+    size.add_argument("--tiny", action="store_true", help="smoke run on tiny inputs (seconds; figures meaningless)")
+    p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
+    p.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
+    p.add_argument("--weights", default="random", help="model weights (kinetics400 when cached)")
+    p.add_argument("--inputs", help="directory for the cached input videos")
+    p.add_argument("--out", default="bench.json", help="JSON output path (default bench.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.suite import SECTIONS, run_suite
+
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
+    run_suite(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
+              gpu_only=args.gpu_only)
+    return 0
