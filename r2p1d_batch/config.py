@@ -41,6 +41,15 @@ def _check_concurrency(v: Any) -> Any:
     return v
 
 
+def _check_labels(v: Any) -> Any:
+    """Ray node-label selector: {key: value}; a value may be "v", "!v", "in(a,b)", "!in(a,b)"."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k and isinstance(x, str) and x for k, x in v.items()):
+        raise ValueError("label_selector must map label keys to non-empty strings, e.g. {r2p1d.io/pool: gpu}")
+    return v
+
+
 class RayConfig(_Section):
     # None: use RAY_ADDRESS when set (ray job submit sets it), else start a local Ray.
     address: Optional[str] = None
@@ -79,8 +88,13 @@ class DecodeConfig(_Section):
     # Per-video decode time limit (seconds of decoding, back-pressure waits not counted);
     # a video over it becomes an error row with error_class=Timeout. null: no limit.
     timeout_sec: Optional[float] = Field(1800.0, gt=0)
+    # Where decode tasks may run (placement.py): Ray node labels they require, e.g.
+    # {r2p1d.io/pool: "!gpu"} keeps them off GPU nodes, and custom Ray resources per task.
+    label_selector: dict[str, str] = {}
+    resources: dict[str, float] = {}
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
+    _labels = field_validator("label_selector", mode="before")(_check_labels)
 
 
 # Default clips per classifier batch. GPU: r2plus1d_18 in bf16 reaches its throughput plateau
@@ -105,8 +119,13 @@ class ModelConfig(_Section):
     concurrency: Concurrency = 1
     topk: int = Field(5, ge=1, le=400)
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # CUDA only; CPU runs fp32
+    # Where classifier actors may run (placement.py): node labels, e.g. {r2p1d.io/pool: gpu},
+    # and custom Ray resources per actor.
+    label_selector: dict[str, str] = {}
+    resources: dict[str, float] = {}
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
+    _labels = field_validator("label_selector", mode="before")(_check_labels)
 
     @property
     def effective_batch_size(self) -> int:
@@ -181,6 +200,10 @@ class RunPolicyConfig(_Section):
     # heartbeat (written every 30 s). A new run waits up to this long for another host's live
     # lease to go stale, then refuses to start; a live driver on this host: refuses at once.
     stale_after_sec: float = Field(300.0, ge=0)
+    # A run in which nothing moves for this long fails and commits nothing: the bound on
+    # waiting for a lost node's work to be placed again (a spot GPU node that never comes
+    # back, a classifier no node can host). null: wait forever.
+    stall_timeout_sec: Optional[float] = Field(1800.0, gt=0)
 
 
 class Config(_Section):

@@ -86,8 +86,9 @@ class Deadline:
 # A video that kills its decoder natively (segfault, abort) kills the worker on every retry.
 # Each decode attempt is noted in Ray's cluster-wide KV store before it starts and cleared when
 # it ends (ok or error row); an attempt that finds CRASHES_BEFORE_ERROR notes left by attempts
-# that died becomes an error row "DecoderCrashed" instead of decoding again. One death (a
-# preempted node, an OOM kill) is retried normally.
+# that died becomes an error row "DecoderCrashed" instead of decoding again. One death (an
+# OOM kill) is retried normally. A note names the node of its attempt, and attempts whose node
+# is gone (a preempted spot node) are not counted: losing nodes is not the video's fault.
 CRASHES_BEFORE_ERROR = 2
 
 
@@ -109,13 +110,19 @@ class CrashLedger:
         return f"r2p1d/decode/{self.run_id}/{video_id}".encode()
 
     def begin(self, video_id: str) -> int:
-        """Attempts at ``video_id`` that died so far; notes this one."""
+        """Attempts at ``video_id`` that died so far on nodes still alive; notes this one."""
         if self._kv is None:
             return 0
         try:
-            prior = int(self._kv._internal_kv_get(self._key(video_id), namespace="r2p1d") or 0)
-            self._kv._internal_kv_put(self._key(video_id), str(prior + 1), overwrite=True, namespace="r2p1d")
-            return prior
+            import ray
+
+            notes = (self._kv._internal_kv_get(self._key(video_id), namespace="r2p1d") or b"").decode().split()
+            me = ray.get_runtime_context().get_node_id()
+            self._kv._internal_kv_put(self._key(video_id), " ".join(notes + [me]), overwrite=True, namespace="r2p1d")
+            if not notes:
+                return 0
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            return sum(1 for node in notes if node in alive)
         except Exception:  # the ledger is a safety net; never fail a video over it
             return 0
 

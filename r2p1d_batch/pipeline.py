@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import ray
+from ray.data.exceptions import ExecutionTimeoutError
 
 from . import commit, incremental
 from .classify_stage import ClassifierActor
 from .config import Config
 from .decode_stage import DecodeStage
+from .errors import ServiceError
 from .faults import TEST_HOOKS_ENV, hook_target
 from .manifest import read_manifest
 from .model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
+from .placement import check_two_stages, classifier_bundle, classifier_hosts, stage_args
 from .sampling import sampling_id
 from .storage import aws_env, filesystem
 from .storage import resolve as resolve_storage
@@ -31,18 +34,6 @@ from .writer import RunWriter
 
 log = logging.getLogger("r2p1d_batch")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-# A decode task whose worker dies is retried; faults.CRASHES_BEFORE_ERROR (< this) turns a
-# video that keeps killing its decoder into an error row before the retries run out.
-DECODE_MAX_RETRIES = 3
-# A killed classifier actor is always restarted (max_restarts=-1); the batch it held is
-# retried this many times, so a batch that kills every actor fails the run instead of looping.
-CLASSIFY_MAX_TASK_RETRIES = 3
-
-
-def _decode_task_args() -> dict:
-    return {"max_retries": DECODE_MAX_RETRIES}
 
 
 def task_pool(concurrency) -> ray.data.TaskPoolStrategy:
@@ -108,6 +99,9 @@ def _configure_data(cfg: Config) -> None:
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.enable_operator_progress_bars = cfg.ray.progress_bars
     ctx.verbose_stats_logs = False
+    # The bound on recovering from lost nodes (placement.py): Ray retries and restarts without a
+    # count, and Ray Data fails the execution once no operator has moved for this long.
+    ctx.execution_no_progress_timeout_s = cfg.run.stall_timeout_sec or -1
 
 
 def wait_for_output(cfg: Config) -> commit.Sweep:
@@ -173,9 +167,30 @@ def label(cfg: Config) -> RunSummary:
             for batch in _labeled(cfg, todo, run_id):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
+    except ExecutionTimeoutError as e:
+        writer.abort()
+        raise RunStalledError(_stalled_message(cfg, run_id)) from e
     except BaseException:
         writer.abort()
         raise
+
+
+class RunStalledError(ServiceError, RuntimeError):
+    """Nothing moved for run.stall_timeout_sec (e.g. no node left that can take the classifier):
+    the cluster failed the run, not its input, so `r2p1d label` exits 3."""
+
+
+def _stalled_message(cfg: Config, run_id: str) -> str:
+    need = ", ".join(f"{k}={v:g}" for k, v in classifier_bundle(cfg).items())
+    labels = f" on a node labeled {cfg.model.label_selector}" if cfg.model.label_selector else ""
+    try:
+        hosts = classifier_hosts(cfg)
+        now = f"{len(hosts)} alive node(s) could host one now" if hosts else "no alive node can host one now"
+    except Exception:  # the message must not fail on a broken cluster
+        now = "the cluster could not be asked which nodes could host one"
+    return (f"run {run_id}: no progress for {cfg.run.stall_timeout_sec:g} s (run.stall_timeout_sec). "
+            f"A classifier actor needs {need}{labels}; {now}. Lost nodes (spot preemption) are "
+            f"waited for up to that long; nothing was committed, the next run labels these videos.")
 
 
 def _labeled(cfg: Config, todo: pa.Table, run_id: str):
@@ -186,36 +201,30 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str):
     rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
 
+    # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
+    # them two operators: placement.py. Test hooks reach decode workers only when a test drives us.
+    decode, classify = stage_args(cfg, test_hooks=os.environ.get(TEST_HOOKS_ENV) == "1")
+
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
-    # A crashed decode worker is retried a bounded number of times. Passing the args through
-    # ray_remote_args_fn also keeps Ray from fusing decode into the classifier actors
-    # (fused, each actor would decode its own input serially and the pools could not scale apart).
-    # Fault-injection hooks reach the decode workers only when the driver runs a test.
-    hooks = {"env_vars": {TEST_HOOKS_ENV: "1"}} if os.environ.get(TEST_HOOKS_ENV) == "1" else None
     ds = ds.map_batches(
         DecodeStage(cfg, run_id),
-        runtime_env=hooks,
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=cfg.decode.num_cpus,
         compute=task_pool(cfg.decode.concurrency),
-        ray_remote_args_fn=_decode_task_args,
+        **decode,
     )
 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
-    # A SIGKILLed actor is replaced and its batch retried (Ray Data's defaults, made explicit).
     ds = ds.map_batches(
         ClassifierActor,
         fn_constructor_kwargs={"cfg": cfg},
         batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
-        num_cpus=cfg.model.num_cpus,
-        num_gpus=cfg.model.num_gpus or None,
         compute=actor_pool(cfg.model.concurrency),
         zero_copy_batch=True,
-        max_restarts=-1,
-        max_task_retries=CLASSIFY_MAX_TASK_RETRIES,
+        **classify,
     )
+    check_two_stages(ds)  # the plan Ray will execute: decode tasks feeding classifier actors, not fused
 
     # Stage 4 (driver): the caller streams labeled rows into the run's staging files, then commits.
     # prefetch_batches=0: with Ray's default (1) each block reached us only when the next one was

@@ -103,9 +103,11 @@ def test_cluster_profile_keys_are_known_sections():
     known = {
         "ray": {"address", "num_cpus", "object_store_memory_mb", "progress_bars"},
         "sampling": {"mode", "clip_len", "fps", "stride_sec", "num_clips", "short_video"},
-        "decode": {"scaler", "threads", "num_cpus", "concurrency", "clips_per_block", "max_pixels", "seek_gap_sec"},
+        "decode": {"scaler", "threads", "num_cpus", "concurrency", "clips_per_block", "max_pixels", "seek_gap_sec",
+                   "label_selector", "resources"},
         "model": {"weights", "seed", "runtime", "device", "batch_size", "num_gpus", "num_cpus",
-                  "concurrency", "topk", "amp"},
+                  "concurrency", "topk", "amp", "label_selector", "resources"},
+        "run": {"mode", "stale_after_sec", "stall_timeout_sec"},
         "storage": {"endpoint_url", "region", "anon"},
         "output": {"path", "rows_per_file"},
     }
@@ -207,6 +209,28 @@ def test_worker_groups_cpu_decode_and_gpu():
         for group, template in _pod_templates(spec):
             for c in template["spec"]["containers"]:
                 assert c["image"].endswith("/r2p1d-batch:0.1.0"), (name, group)
+
+
+def test_node_labels_put_decode_off_gpu_nodes_and_the_classifier_on_them():
+    """configs/cluster.yaml's label selectors against the labels infra/ gives each node group:
+    decode fits the CPU group only, the classifier the GPU group only (placement.py)."""
+    config = pytest.importorskip("r2p1d_batch.config")
+    from r2p1d_batch.placement import _label_matches
+
+    cfg = config.load(ROOT / "configs" / "cluster.yaml")
+    assert cfg.decode.label_selector and cfg.model.label_selector
+
+    def fits(selector, labels):
+        return all(_label_matches(labels.get(k), v) for k, v in selector.items())
+
+    groups = [(f"{n}:{g['groupName']}", g["groupName"], g.get("labels", {}))
+              for n, spec in _rayjob_specs() for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+    aws = yaml.safe_load(AWS_CLUSTER.read_text())["available_node_types"]
+    groups += [(f"aws:{t}", t, v.get("labels", {})) for t, v in aws.items() if t != "head"]
+    for name, group, labels in groups:
+        gpu = group == "gpu"
+        assert fits(cfg.model.label_selector, labels) == gpu, (name, labels)
+        assert fits(cfg.decode.label_selector, labels) == (not gpu), (name, labels)
 
 
 def test_aws_cluster_has_cpu_decode_and_gpu_worker_types():
