@@ -43,7 +43,9 @@ def _tile_pairs(emb: np.ndarray, groups: np.ndarray, threshold: float, tile: int
         block = emb[a : a + tile]
         for b in range(a, n, tile):
             sims = block @ emb[b : b + tile].T
-            ii, jj = np.nonzero(sims >= threshold)
+            rows = np.flatnonzero(sims.max(axis=1) >= threshold)  # hits are sparse: scan only their rows
+            ri, jj = np.nonzero(sims[rows] >= threshold)
+            ii = rows[ri]
             i, j = ii + a, jj + b
             keep = (i < j) & (groups[i] != groups[j])  # upper triangle, different videos
             if keep.any():
@@ -80,7 +82,7 @@ def duplicates(con: duckdb.DuckDBPyConnection, threshold: float = 0.95, *, max_p
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold must be in [-1, 1], got {threshold}")
     clips = con.sql("SELECT run_id, video_id, clip_index, start_sec, end_sec, label, score, uri, embedding "
-                    "FROM clips WHERE embedding IS NOT NULL ORDER BY video_id, run_id, clip_index").to_arrow_table()
+                    "FROM clips WHERE embedding IS NOT NULL").to_arrow_table()
     if clips.num_rows == 0:
         has_clips = con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
         if has_clips:
@@ -91,6 +93,13 @@ def duplicates(con: duckdb.DuckDBPyConnection, threshold: float = 0.95, *, max_p
     if total > len(s):
         log.warning("%d pairs >= %.3f: showing the best %d (raise --threshold or max_pairs)", total, threshold, len(s))
     meta = clips.drop_columns(["embedding"])
+    # Each pair as (a, b) with a before b in (video_id, run_id, clip_index) order; sorting the
+    # metadata here instead of in DuckDB keeps the embeddings out of a sort buffer.
+    order = pc.sort_indices(meta, [("video_id", "ascending"), ("run_id", "ascending"), ("clip_index", "ascending")])
+    rank = np.empty(meta.num_rows, np.int64)
+    rank[order.to_numpy()] = np.arange(meta.num_rows)
+    swap = rank[i] > rank[j]
+    i, j = np.where(swap, j, i), np.where(swap, i, j)
     a, b = meta.take(pa.array(i, pa.int64())), meta.take(pa.array(j, pa.int64()))
     out = pa.table({
         "cosine": pa.array(s, pa.float32()),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -126,15 +125,16 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 h3{font-size:15px;margin:16px 0 6px}.muted{color:#666}.banner{background:#fde2e1;border:1px solid #e0a3a0;padding:8px 12px;margin:12px 0;border-radius:4px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.num{text-align:right;font-variant-numeric:tabular-nums}
+#sheets{display:flex;flex-wrap:wrap;gap:0 20px;align-items:flex-start}.sheet{max-width:100%}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.thumb{margin:0;width:176px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:4px}
 .thumb img{display:block;height:96px;max-width:168px;margin:0 auto;background:#222}
 .placeholder{height:96px;display:flex;align-items:center;justify-content:center;text-align:center;font-size:11px;
  background:repeating-linear-gradient(45deg,#eee,#eee 6px,#e4e4e4 6px,#e4e4e4 12px);color:#a33;padding:2px;overflow:hidden}
 .thumb figcaption{font-size:11px;margin-top:3px;word-break:break-all}.note{color:#a60}
-.tl{display:flex;align-items:center;gap:8px;margin:3px 0}.tl .vid{width:160px;font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.strip{position:relative;height:18px;flex:1;max-width:900px;background:#e8e8e8;border-radius:3px;overflow:hidden}
+.tl{display:flex;align-items:center;gap:8px;margin:3px 0}.tl .vid{flex:0 0 160px;font-size:12px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.strip{position:relative;height:18px;flex:0 0 560px;background:#e8e8e8;border-radius:3px;overflow:hidden}
 .segment{position:absolute;top:0;bottom:0;border-right:1px solid #fff}
-.legend{font-size:11px}.swatch{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;border-radius:2px}
+.legend{font-size:11px;flex:1;min-width:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.swatch{display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;border-radius:2px}
 .err{max-width:900px;word-break:break-word}
 """
 
@@ -181,7 +181,7 @@ def _sheet(label: str, rows: list[tuple[dict, Thumb]], total: int) -> str:
         figs.append(f'<figure class="thumb" data-video="{_e(r["video_id"])}" data-clip="{r["clip_index"]}">'
                     f'{media}<figcaption>{cap}</figcaption></figure>')
     return (f'<section class="sheet" data-label="{_e(label)}"><h3><span class="swatch" '
-            f'style="background:{label_colour(label)}"></span>{_e(label)} <span class="muted">({total} clips)</span></h3>'
+            f'style="background:{label_colour(label)}"></span>{_e(label)} <span class="muted">({total} clip{"s" * (total != 1)})</span></h3>'
             f'<div class="grid">{"".join(figs)}</div></section>')
 
 
@@ -201,7 +201,7 @@ def _timeline(v: dict, segs: list[dict]) -> str:
     more = f" +{len(labels) - 4}" if len(labels) > 4 else ""
     return (f'<div class="tl" data-video="{_e(v["video_id"])}"><span class="vid" title="{_e(v["uri"])}">'
             f'{_e(v["video_id"])}</span><div class="strip" title="{_e(v["video_id"])}: {span:.1f} s">{"".join(parts)}</div>'
-            f'<span class="legend">{_sec(span)} s · {len(segs)} segments{legend}{more}</span></div>')
+            f'<span class="legend">{_sec(span)} s · {len(segs)} segment{"s" * (len(segs) != 1)}{legend}{more}</span></div>')
 
 
 def _table(rows: list[dict], cols: list[str], table_id: str, num: tuple = ()) -> str:
@@ -236,11 +236,15 @@ def render(output: str, storage: Optional[StorageConfig] = None, opts: ReportOpt
     if any(str(r.get("weights", "")).startswith("random:") for r in records):
         out.append('<div class="banner" id="random-weights"><b>Random weights:</b> some runs labeled with '
                    'seeded random weights (smoke runs); their labels are meaningless.</div>')
-    run_rows = [{**r, "errors_by_class": json.dumps(r.get("errors_by_class") or {}, sort_keys=True)} for r in records]
+    run_rows = [{"run": r.get("run_id"), "committed": str(r.get("committed_at", ""))[:19].replace("T", " "),
+                 "weights": r.get("weights"), "runtime": r.get("runtime"), "sampling": r.get("sampling"),
+                 "videos": f'{r.get("videos", 0)} ({r.get("videos_ok", 0)} ok, {r.get("videos_error", 0)} error)',
+                 "clips": r.get("clips"), "clips/s": r.get("clips_per_sec"),
+                 "errors": ", ".join(f"{k} {v}" for k, v in sorted((r.get("errors_by_class") or {}).items()))}
+                for r in records]
     out.append('<h2>Runs</h2><div id="runs">' + _table(
-        run_rows, ["run_id", "committed_at", "mode", "weights", "runtime", "sampling", "videos", "videos_ok",
-                   "videos_error", "clips", "wall_sec", "clips_per_sec", "errors_by_class"], "runs-table",
-        num=("videos", "videos_ok", "videos_error", "clips", "wall_sec", "clips_per_sec")) + "</div>")
+        run_rows, ["run", "committed", "weights", "runtime", "sampling", "videos", "clips", "clips/s", "errors"],
+        "runs-table", num=("clips", "clips/s")) + "</div>")
     out.append(f'<h2>Labels</h2><div id="label-chart">{_chart(hist)}</div>')
 
     out.append(f'<h2>Contact sheets</h2><p class="muted">The middle frame of the top-scoring clips of the '
@@ -248,7 +252,7 @@ def render(output: str, storage: Optional[StorageConfig] = None, opts: ReportOpt
                '<div id="sheets">')
     clips_per_label = {h["label"]: h["clips"] for h in hist}
     pairs = list(zip(top, thumbs))
-    for label in dict.fromkeys(r["label"] for r in top):
+    for label in [h["label"] for h in hist if h["label"] in {r["label"] for r in top}]:  # most frequent first
         out.append(_sheet(label, [(r, t) for r, t in pairs if r["label"] == label], clips_per_label.get(label, 0)))
     out.append("</div>")
 
