@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .embeddings import WithEmbedding
 from .model import Normalize, amp_dtype, categories, load_model, pick_device
 
 
@@ -23,6 +24,7 @@ class Scores:
     probs: np.ndarray  # float32 (N, 400) softmax
     topk_ids: np.ndarray  # int (N, k), best first
     topk_scores: np.ndarray  # float32 (N, k)
+    embedding: np.ndarray | None = None  # float32 (N, 512), L2-normalised; with embeddings=True
 
 
 def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +49,8 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
 class ClipClassifier:
     """R(2+1)D-18 on one device. ``__call__`` takes uint8 (N, T, H, W, 3) clips."""
 
-    def __init__(self, cfg: ModelConfig, storage=None):
-        self.cfg = cfg
+    def __init__(self, cfg: ModelConfig, storage=None, embeddings: bool = False):
+        self.cfg, self.embeddings = cfg, embeddings  # embeddings: also the pooled 512-d feature (embeddings.py)
         loaded = load_model(cfg.weights, cfg.seed, storage)
         self.weights_id, self.is_random = loaded.weights_id, loaded.is_random
         self.device = pick_device(cfg.device)
@@ -63,7 +65,7 @@ class ClipClassifier:
     def _init_torch(self, loaded) -> None:
         self._pinned: torch.Tensor | None = None
         self.normalize = Normalize().to(self.device)
-        self.net = loaded.module.to(self.device)
+        self.net = (WithEmbedding(loaded.module) if self.embeddings else loaded.module).to(self.device)
         self.amp = amp_dtype(self.cfg.amp) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -78,16 +80,22 @@ class ClipClassifier:
     def _init_ort(self, loaded) -> None:
         from .export import INPUT_NAME, cached_export, cpu_session
 
-        path = cached_export(loaded.module, self.weights_id, graph="uint8")
+        path = cached_export(loaded.module, self.weights_id, graph="uint8+embedding" if self.embeddings else "uint8")
         self.session = cpu_session(path, self.threads)  # round(model.num_cpus) threads
         self.input_name = INPUT_NAME
         self.runtime = "onnxruntime-cpu-fp32"
         torch.set_num_threads(1)  # only the softmax runs in torch here
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
+        return self.forward(clips)[0]
+
+    def forward(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, embedding or None)."""
         if self.backend == "onnxruntime":
-            return self.session.run(None, {self.input_name: np.ascontiguousarray(clips, dtype=np.uint8)})[0]
-        return self._torch_logits(clips)
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(clips, dtype=np.uint8)})
+        else:
+            out = self._torch_logits(clips)
+        return out[0], (out[1] if self.embeddings else None)
 
     def _host_tensor(self, clips: np.ndarray) -> torch.Tensor:
         """uint8 clips as a host tensor: on CUDA actors a reused pinned buffer (one copy, async
@@ -103,16 +111,17 @@ class ClipClassifier:
         return host
 
     @torch.inference_mode()
-    def _torch_logits(self, clips: np.ndarray) -> np.ndarray:
+    def _torch_logits(self, clips: np.ndarray) -> list[np.ndarray]:
         x = self._host_tensor(clips).to(self.device, non_blocking=True)
         x = self.normalize(x)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.net(x)
-        return out.float().cpu().numpy()
+        return [o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
     def __call__(self, clips: np.ndarray) -> Scores:
-        probs = softmax(self.logits(clips))
+        logits, embedding = self.forward(clips)
+        probs = softmax(logits)
         ids, scores = topk(probs, self.cfg.topk)
-        return Scores(probs.astype(np.float32), ids, scores.astype(np.float32))
+        return Scores(probs.astype(np.float32), ids, scores.astype(np.float32), embedding)

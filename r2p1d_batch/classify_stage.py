@@ -8,6 +8,7 @@ import pyarrow as pa
 from . import schema
 from .classify import ClipClassifier
 from .config import Config
+from .embeddings import embedding_array
 from .preprocess import FrameTransform
 
 
@@ -15,7 +16,7 @@ class ClassifierActor:
     """Actor-pool stage: clips in (uint8), scores out; video rows pass through."""
 
     def __init__(self, cfg: Config):
-        self.classifier = ClipClassifier(cfg.model, cfg.storage)
+        self.classifier = ClipClassifier(cfg.model, cfg.storage, embeddings=cfg.output.embeddings)
         self.labels = np.array(self.classifier.labels, dtype=object)
         crop = FrameTransform.from_preset().crop
         self.clip_shape = (cfg.sampling.clip_len, crop[0], crop[1], 3)
@@ -30,17 +31,21 @@ class ClassifierActor:
             "topk_labels": [self.labels[ids].tolist() for ids in s.topk_ids],
             "topk_scores": s.topk_scores.tolist(),
             "probs": list(s.probs),
+            "embedding": s.embedding,  # (N, 512) or None: one Arrow column in __call__
         }
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         idx = np.flatnonzero(batch.column("kind").to_numpy(zero_copy_only=False) == "clip")
         scored = {name: [None] * n for name in SCORE_COLUMNS}
+        embedding = None
         if len(idx):
             clips = clip_pixels(batch.column("frames"), self.clip_shape)
             if len(clips) != len(idx):
                 raise ValueError(f"{len(idx)} clip rows but {len(clips)} clips of pixels in the batch")
-            for name, values in self._score(clips).items():
+            scores = self._score(clips)
+            embedding = scores.pop("embedding")
+            for name, values in scores.items():
                 for i, v in zip(idx, values):
                     scored[name][i] = v
         scored["weights"] = [self.classifier.weights_id] * n
@@ -49,6 +54,7 @@ class ClassifierActor:
         for name, values in scored.items():
             field = schema.LABELED.field(name)
             out = out.append_column(field, pa.array(values, field.type))
+        out = out.append_column(schema.LABELED.field("embedding"), embedding_array(embedding, n, idx))
         return out.select(schema.LABELED.names)
 
 

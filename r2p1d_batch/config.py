@@ -159,6 +159,7 @@ class StorageConfig(_Section):
 class OutputConfig(_Section):
     path: str = "out"
     rows_per_file: int = Field(200_000, ge=1)
+    embeddings: bool = False  # clips.embedding: the pooled 512-d feature, L2-normalised (embeddings.py)
 
 
 class AuditThresholds(_Section):

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from .embeddings import EMBEDDING_NAME, WithEmbedding
 from .model import Normalize, normalization
 
 INPUT_NAME, OUTPUT_NAME = "video", "class_probs"
@@ -52,7 +53,7 @@ class Uint8Graph(torch.nn.Module):
 
 def _example(graph: str) -> torch.Tensor:
     c, t, h, w = CLIP_SHAPE
-    if graph == "uint8":
+    if graph.startswith("uint8"):
         return torch.zeros((1, t, h, w, c), dtype=torch.uint8)
     return torch.rand((1, c, t, h, w))
 
@@ -61,7 +62,9 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, *, graph: str 
                 dynamic_batch: bool = True) -> Path:
     """Write ``module`` wrapped as ``graph`` (``device`` | ``uint8``) to ONNX. Written to a temp
     file and renamed: concurrent readers never see half a file."""
-    wrapper = {"device": DeviceGraph, "uint8": Uint8Graph}[graph]
+    wrapper = {"device": DeviceGraph, "uint8": Uint8Graph,
+               "uint8+embedding": lambda m: Uint8Graph(WithEmbedding(m))}[graph]  # CPU runtime, output.embeddings
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if graph == "uint8+embedding" else [OUTPUT_NAME]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = wrapper(module).eval().cpu()
@@ -71,8 +74,8 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, *, graph: str 
     with torch.inference_mode(False), torch.no_grad():
         # The TorchScript exporter (dynamo=False): seconds for this model, no extra deps.
         torch.onnx.export(
-            net, (_example(graph),), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+            net, (_example(graph),), str(tmp), input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *outputs]} if dynamic_batch else None,
             opset_version=OPSET, dynamo=False,
         )
     tmp.replace(path)

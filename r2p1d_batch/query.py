@@ -18,6 +18,7 @@ import pyarrow as pa
 from . import schema
 from .commit import committed_runs
 from .config import StorageConfig
+from .curate import sql as curate_sql
 from .errors import UserError
 from .storage import filesystem, is_local, join
 
@@ -127,10 +128,12 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
         for r in runs:
             files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
         _view(con, f"{table}_all", [prefix + f for f in files], empty)
+    curate_sql.typed_embedding(con, "clips_all")  # embedding as FLOAT[512] (null before output.embeddings)
     # One row per (video_id, source_fingerprint, weights): the newest committed run's (incremental.py).
     con.execute("CREATE VIEW videos AS " + CURRENT_VIDEOS_SQL.format(videos="videos_all"))
     con.execute("CREATE VIEW clips AS "
                 + CURRENT_CLIPS_SQL.format(clips="clips_all", current_videos="SELECT * FROM videos"))
+    curate_sql.create_views(con)  # segments
     if runs:
         con.register("_runs", _runs_table(runs))
         con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
@@ -140,9 +143,16 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
 
 
 def report(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyRelation:
-    """Run one of REPORTS; ``timeline`` needs ``video_id``."""
+    """Run one of REPORTS or the curation reports; ``timeline`` needs ``video_id``."""
+    try:
+        curated = curate_sql.report(con, name, params)  # segments, similar, duplicates (curate/sql.py)
+    except ValueError as e:  # a bad --clip/--k/--threshold, or a clip without an embedding
+        raise ReportError(str(e)) from None
+    if curated is not None:
+        return curated
     if name not in REPORTS:
-        raise ReportError(f"unknown report {name!r}; choose from {', '.join(REPORTS)}")
+        known = ", ".join([*REPORTS, *curate_sql.REPORT_PARAMS])
+        raise ReportError(f"unknown report {name!r}; choose from {known}")
     needed = REPORT_PARAMS.get(name, ())
     missing = [p for p in needed if params.get(p) is None]
     if missing:

@@ -63,11 +63,16 @@ CLIP_SCORES = [
     ("topk_scores", pa.list_(pa.float32())),
 ]
 
+# The clip's pooled 512-d feature, L2-normalised (embeddings.py); null unless output.embeddings.
+EMBEDDING_DIM = 512
+EMBEDDING = ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM))
+
 CLIPS = pa.schema(
     CLIP_WHERE
     + CLIP_SCORES
     + PROVENANCE
     + [("created_at", pa.timestamp("us", tz="UTC"))]
+    + [EMBEDDING]
 )
 
 VIDEOS = pa.schema(
@@ -104,5 +109,6 @@ LABELED = pa.schema(
         ("probs", pa.list_(pa.float32())),
         ("weights", pa.string()),
         ("runtime", pa.string()),
+        EMBEDDING,
     ]
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One command: install .venv from the lock file, lint, then run the whole test suite.
+# One command: OS packages, .venv from the lock file, lint, then the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install_os_deps.sh   # Debian's Chromium for the report test (tests/test_curate.py)
 bash scripts/install.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -19,7 +19,7 @@ from r2p1d_batch.errors import ServiceError, UserError
 from synth import make_video
 
 REPO = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ["label", "query", "audit", "export", "bench", "demo", "sample", "fetch-weights"]
+SUBCOMMANDS = ["label", "query", "report", "audit", "export", "bench", "demo", "sample", "fetch-weights"]
 
 
 @pytest.fixture(scope="module")

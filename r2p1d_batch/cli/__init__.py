@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..errors import UserError
-from . import audit, bench, demo, export, fetch_weights, label, query, sample
+from . import audit, bench, demo, export, fetch_weights, label, query, report, sample
 
-COMMANDS = (label, query, audit, export, bench, demo, sample, fetch_weights)
+COMMANDS = (label, query, report, audit, export, bench, demo, sample, fetch_weights)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
