@@ -63,6 +63,19 @@ class SamplingConfig(_Section):
     short_video: Literal["pad", "error"] = "pad"
 
 
+class NvdecConfig(_Section):
+    # The NVDEC lane (decode.device auto|cuda on a cluster with GPUs): decode actors holding a
+    # fractional GPU, beside the CPU decode tasks. Defaults are placeholders until measured on a
+    # GPU node (README "GPU decode").
+    library: Literal["auto", "pynvvideocodec", "torchcodec"] = "auto"  # auto: the first importable
+    share: float = Field(0.5, ge=0, le=1)  # fraction of the videos sent to the NVDEC lane
+    concurrency: Concurrency = 1  # NVDEC decode actors (each holds one reusable decoder)
+    num_gpus: float = Field(0.25, gt=0, le=1)  # per NVDEC actor
+    num_cpus: float = Field(1.0, gt=0)  # per NVDEC actor (demux, planning, host copies)
+
+    _conc = field_validator("concurrency", mode="before")(_check_concurrency)
+
+
 class DecodeConfig(_Section):
     # exact: torch bilinear without antialias, identical to the torchvision preset;
     # cv2: OpenCV INTER_LINEAR on uint8, within 1 grey level of the preset and ~100x cheaper;
@@ -79,6 +92,10 @@ class DecodeConfig(_Section):
     # Per-video decode time limit (seconds of decoding, back-pressure waits not counted);
     # a video over it becomes an error row with error_class=Timeout. null: no limit.
     timeout_sec: Optional[float] = Field(1800.0, gt=0)
+    # auto: NVDEC beside the CPU decoders where the cluster has GPUs and NVDEC works (per-video
+    # fallback to PyAV), else PyAV only; cpu: PyAV only; cuda: NVDEC required (exit 2 without it).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nvdec: NvdecConfig = NvdecConfig()
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Optional
 
 from .decode import DecodedClip, VideoSource
@@ -169,6 +170,7 @@ class NvdecDecoder:
         import torch
 
         from . import colour
+        from .preprocess import torch_threads
 
         self._first_frame(video)
         times, pts = packet_times(video)
@@ -180,7 +182,8 @@ class NvdecDecoder:
             unique = sorted(set(slots))
             got = dict(zip(unique, self.gpu.frames(source, unique)))
             batch = torch.stack([got[i] for i in slots]).to(self.device)
-            with torch.no_grad():
+            # On a CPU device (tests), one thread, as the CPU path resizes: clip_sha must not depend on it.
+            with torch.no_grad(), torch_threads(1) if batch.device.type == "cpu" else nullcontext():
                 rgb = colour.nv12_to_rgb(batch, coded_h, coded_w, matrix, full_range) if self.gpu.gives_nv12 else batch
                 rgb = colour.rotate(rgb, info.rotation)
                 small = colour.resize_crop(rgb, self.transform.resize, self.transform.crop)

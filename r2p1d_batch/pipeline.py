@@ -19,6 +19,7 @@ import ray
 from . import commit, incremental
 from .classify_stage import ClassifierActor
 from .config import Config
+from .decode_lanes import nvdec_lane, resolve, split_rows
 from .decode_stage import DecodeStage
 from .faults import TEST_HOOKS_ENV, hook_target
 from .manifest import read_manifest
@@ -170,7 +171,7 @@ def label(cfg: Config) -> RunSummary:
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id):
+            for batch in _labeled(cfg, todo, run_id, s):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
     except BaseException:
@@ -178,13 +179,19 @@ def label(cfg: Config) -> RunSummary:
         raise
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str):
+def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | None = None):
     init_ray(cfg)
     _configure_data(cfg)
+    # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
+    # (an NVDEC lane beside it, decode_lanes.py). `cuda` without a usable GPU stops here (exit 2).
+    decode_device = resolve(cfg)
+    if summary is not None:
+        summary.decode_device = decode_device
 
     # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
     rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
+    rows, nvdec_rows = split_rows(rows, cfg.decode.nvdec.share) if decode_device == "cuda" else (rows, [])
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4096)))
 
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
     # A crashed decode worker is retried a bounded number of times. Passing the args through
@@ -201,6 +208,11 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str):
         compute=task_pool(cfg.decode.concurrency),
         ray_remote_args_fn=_decode_task_args,
     )
+    # Stage 2b (decode.device resolved to cuda): the NVDEC lane, decode actors with a GPU fraction
+    # each (1:N like stage 2; NOT YET RUN ON A GPU), merged with the CPU lane before the classifier.
+    if nvdec_rows:
+        lane = ray.data.from_items(nvdec_rows, override_num_blocks=min(len(nvdec_rows), 4096))
+        ds = ds.union(nvdec_lane(lane, cfg, run_id, hooks))
 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     # A SIGKILLed actor is replaced and its batch retried (Ray Data's defaults, made explicit).
