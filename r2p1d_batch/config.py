@@ -171,6 +171,10 @@ class AuditThresholds(_Section):
     min_host_label_agreement: float = Field(0.98, ge=0, le=1)
     # Sampled clips whose input could not be re-created (source gone, changed or undecodable).
     max_unverified: int = Field(0, ge=0)
+    # Clips labeled from NVDEC output, audited without NVDEC: the NVDEC path's arithmetic vs the
+    # CPU path on the same decoded frames, per pixel (grey levels), instead of clip_sha.
+    nvdec_max_abs_px: int = Field(3, ge=0, le=255)
+    nvdec_mean_abs_px: float = Field(0.5, ge=0)
 
 
 class AuditConfig(_Section):

@@ -158,12 +158,12 @@ class NvdecDecoder:
     """The GPU path for one decode actor: clips of a video, same interface and output as
     ``VideoSource.clips``. NOT YET RUN ON A GPU (see the module doc)."""
 
-    def __init__(self, library: str = "auto", gpu_id: int = 0, frames: Optional[GpuFrames] = None):
+    def __init__(self, library: str = "auto", gpu_id: int = 0, frames=None, device: Optional[str] = None):
         from .preprocess import FrameTransform
 
-        self.gpu = frames or GpuFrames(library, gpu_id)
+        self.gpu = frames or GpuFrames(library, gpu_id)  # or CpuNv12Frames (device="cpu")
         self.transform = FrameTransform.from_preset()
-        self.device = f"cuda:{gpu_id}"
+        self.device = device or f"cuda:{gpu_id}"
 
     def clips(self, source, video: VideoSource, windows: list[ClipWindow], matrix: str,
               full_range: bool) -> Iterator[DecodedClip]:
@@ -205,3 +205,49 @@ class NvdecDecoder:
             break
         video.container.seek(0)
 
+
+
+class CpuNv12Frames:
+    """The NVDEC path's input without a GPU: the same decoded frames as NV12, decoded by PyAV
+    (H.264/HEVC/VP9 decoding is bit-exact, so these are the planes NVDEC hands out). Used by the
+    audit to run the NVDEC path's own arithmetic (colour.py, resize, crop) on the CPU, and by the
+    tests. ``frames(source, indices)`` with ``source`` a local path; indices in presentation order."""
+
+    gives_nv12 = True
+
+    def __init__(self):
+        self._source, self._iter, self._pos, self._cache = None, None, -1, {}
+
+    def frames(self, source, indices: list[int]):
+        import av
+        import numpy as np
+        import torch
+
+        if source != self._source or min(indices) <= self._pos - 64:
+            self.close()
+            self._source, self._container = source, av.open(str(source))
+            self._iter, self._pos, self._cache = self._container.decode(video=0), -1, {}
+        while self._pos < max(indices):
+            frame = next(self._iter, None)
+            if frame is None:
+                raise NvdecError(f"{source}: frame {max(indices)} past the end of the stream")
+            self._pos += 1
+            self._cache[self._pos] = _nv12(frame, np)
+            for old in [k for k in self._cache if k < self._pos - 64]:
+                del self._cache[old]
+        return [torch.from_numpy(self._cache[i]) for i in indices]
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._container.close()
+            self._source = None
+
+
+def _nv12(frame, np):
+    """A yuv420p PyAV frame as an NV12 array (H * 3/2, W), as NVDEC lays it out (no pitch)."""
+    h, w = frame.height, frame.width
+    y, u, v = (np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes)
+    out = np.empty((h + h // 2, w), np.uint8)
+    out[:h] = y[:h, :w]
+    out[h:] = np.stack([u[: h // 2, : w // 2], v[: h // 2, : w // 2]], -1).reshape(h // 2, w)
+    return out
