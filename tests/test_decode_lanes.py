@@ -193,3 +193,60 @@ def test_label_job_cuda_without_gpu_exits_2_and_auto_runs_on_cpu(tmp_path, job_e
     assert [(r["decoder"], r["decoder_note"]) for r in videos] == [("cpu", "")]
     record = json.loads(next(out.glob("_runs/*.json")).read_text())
     assert record["decode_device"] == "cpu" and record["videos_by_decoder"] == {"cpu": 1}
+
+
+RAY_WITH_A_GPU_RESOURCE = r'''
+import json, sys
+import ray
+from r2p1d_batch import config
+from r2p1d_batch.decode_lanes import nvdec_lane, resolve, split_rows
+from r2p1d_batch.decode_stage import DecodeStage
+from r2p1d_batch.decoder_choice import DecodeDeviceError
+from r2p1d_batch.pipeline import task_pool
+
+# A local Ray that advertises one GPU on this GPU-less machine: the driver sees a GPU cluster,
+# the probe task runs on the "GPU node" and finds no CUDA device there.
+ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=200 * 2**20, include_dashboard=False,
+         log_to_driver=False)
+out = {"auto": resolve(config.load(None, []))}
+try:
+    resolve(config.load(None, ["decode.device=cuda"]))
+except DecodeDeviceError as e:
+    out["cuda_error"] = str(e)
+# The two lanes, merged as pipeline._labeled merges them (the NVDEC lane without NVDEC here).
+cfg = config.load(None, ["decode.nvdec.share=0.5", "decode.nvdec.num_gpus=0.25"])
+rows = [{"video_id": f"v{i}", "uri": u, "start_sec": None, "end_sec": None} for i, u in enumerate(sys.argv[1:])]
+cpu_rows, gpu_rows = split_rows(rows, cfg.decode.nvdec.share)
+ds = ray.data.from_items(cpu_rows).map_batches(DecodeStage(cfg, "r"), batch_size=1, batch_format="pyarrow",
+                                               compute=task_pool(None))
+ds = ds.union(nvdec_lane(ray.data.from_items(gpu_rows), cfg, "r", None))
+batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+got = [r for b in batches for r in b.drop_columns(["frames"]).to_pylist()]
+out["videos"] = sorted((r["video_id"], r["status"], r["decoder"], r["decoder_note"])
+                       for r in got if r["kind"] == "video")
+out["clips"] = sorted((r["video_id"], r["clip_index"], r["clip_sha"]) for r in got if r["kind"] == "clip")
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_gpu_cluster_without_nvdec_and_the_two_lanes_on_ray(tmp_path, job_env):
+    """A real local Ray advertising a GPU: auto falls back to the CPU, cuda exits 2 naming the
+    reason from the GPU node's probe; the NVDEC lane (actor pool, GPU fraction) merged with the CPU
+    lane gives every video exactly once, with the same clips as the CPU path."""
+    paths = [str(_h264(tmp_path, f"v{i}.mp4", n=40)) for i in range(4)]
+    proc = subprocess.run([sys.executable, "-c", RAY_WITH_A_GPU_RESOURCE, *paths], cwd=REPO, env=job_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert res["auto"] == "cpu"
+    want_error = "decode.device=cuda but NVDEC is unavailable on the GPU nodes: torch sees no CUDA device"
+    assert want_error in res["cuda_error"]
+    videos = res["videos"]
+    assert [v[0] for v in videos] == ["v0", "v1", "v2", "v3"] and {v[1] for v in videos} == {"ok"}
+    lane = [v for v in videos if v[3]]
+    assert [v[0] for v in lane] == ["v1", "v3"]  # share 0.5: every second video went to the NVDEC lane
+    assert all(v[2] == "cpu" and "NVDEC unavailable on this node" in v[3] for v in lane)
+    cfg = config.load(None, [])
+    want = sorted((f"v{i}", r["clip_index"], r["clip_sha"]) for i, p in enumerate(paths)
+                  for r in decode_video({"video_id": f"v{i}", "uri": p}, cfg) if r["kind"] == "clip")
+    assert [tuple(c) for c in res["clips"]] == want
