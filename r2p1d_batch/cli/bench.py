@@ -18,8 +18,7 @@ def add_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="short inputs, a few minutes on 2 cores")
     size.add_argument("--tiny", action="store_true", help="smoke run on tiny inputs (seconds; figures meaningless)")
-    p.add_argument("--gpu-only", action="store_true",
-                   help="only the model stage and the node section (CUDA rows when a GPU exists)")
+    p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
     p.add_argument("--node-out", help="node section's JSON (default: bench-gpu.json beside --out; GPU node only)")
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.suite import SECTIONS, run_suite
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    sections = ["model", "node"] if args.gpu_only else (args.only or SECTIONS)
+    sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
     run_suite(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
               gpu_only=args.gpu_only, node_out=args.node_out)
     return 0
