@@ -1,4 +1,4 @@
-"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory).
+"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory; node on a GPU node).
 
   r2p1d bench [--quick|--tiny] [--gpu-only] [--out bench.json]
 
