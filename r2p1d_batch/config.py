@@ -72,6 +72,19 @@ class SamplingConfig(_Section):
     short_video: Literal["pad", "error"] = "pad"
 
 
+class NvdecConfig(_Section):
+    # The NVDEC lane (decode.device auto|cuda on a cluster with GPUs): decode actors holding a
+    # fractional GPU, beside the CPU decode tasks. Defaults are placeholders until measured on a
+    # GPU node (README "GPU decode").
+    library: Literal["auto", "pynvvideocodec", "torchcodec"] = "auto"  # auto: the first importable
+    share: float = Field(0.5, ge=0, le=1)  # fraction of the videos sent to the NVDEC lane
+    concurrency: Concurrency = 1  # NVDEC decode actors (each holds one reusable decoder)
+    num_gpus: float = Field(0.25, gt=0, le=1)  # per NVDEC actor
+    num_cpus: float = Field(1.0, gt=0)  # per NVDEC actor (demux, planning, host copies)
+
+    _conc = field_validator("concurrency", mode="before")(_check_concurrency)
+
+
 class DecodeConfig(_Section):
     # exact: torch bilinear without antialias, identical to the torchvision preset;
     # cv2: OpenCV INTER_LINEAR on uint8, within 1 grey level of the preset and ~100x cheaper;
@@ -92,6 +105,10 @@ class DecodeConfig(_Section):
     # {r2p1d.io/pool: "!gpu"} keeps them off GPU nodes, and custom Ray resources per task.
     label_selector: dict[str, str] = {}
     resources: dict[str, float] = {}
+    # auto: NVDEC beside the CPU decoders where the cluster has GPUs and NVDEC works (per-video
+    # fallback to PyAV), else PyAV only; cpu: PyAV only; cuda: NVDEC required (exit 2 without it).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nvdec: NvdecConfig = NvdecConfig()
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
     _labels = field_validator("label_selector", mode="before")(_check_labels)
@@ -174,6 +191,10 @@ class AuditThresholds(_Section):
     min_host_label_agreement: float = Field(0.98, ge=0, le=1)
     # Sampled clips whose input could not be re-created (source gone, changed or undecodable).
     max_unverified: int = Field(0, ge=0)
+    # Clips labeled from NVDEC output, audited without NVDEC: the NVDEC path's arithmetic vs the
+    # CPU path on the same decoded frames, per pixel (grey levels), instead of clip_sha.
+    nvdec_max_abs_px: int = Field(3, ge=0, le=255)
+    nvdec_mean_abs_px: float = Field(0.5, ge=0)
 
 
 class AuditConfig(_Section):

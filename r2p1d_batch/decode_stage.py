@@ -23,8 +23,9 @@ def _video_row(row: dict, **fields) -> dict:
     return {"kind": "video", "video_id": row["video_id"], "uri": row["uri"], **fields}
 
 
-def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None) -> Iterator[dict]:
-    """One manifest row -> its clip rows, then exactly one video row (ok or error)."""
+def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, gpu=None) -> Iterator[dict]:
+    """One manifest row -> its clip rows, then exactly one video row (ok or error).
+    ``gpu``: the NVDEC lane's per-actor decoder (decode_lanes.NvdecLane); None: PyAV only."""
     ledger = ledger or CrashLedger("")
     crashed = ledger.begin(row["video_id"])
     if crashed >= CRASHES_BEFORE_ERROR:
@@ -36,6 +37,7 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None) -
     t0 = time.perf_counter()
     uri, emitted, meta = row["uri"], 0, {}
     deadline = Deadline(cfg.decode.timeout_sec, uri)
+    lane = None
     try:
         try:  # the inner finally stops the clock before any handler below runs
             deadline.resume()
@@ -56,7 +58,8 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None) -
                 windows = plan_clips(
                     cfg.sampling, video.info.duration, video.info.fps, row.get("start_sec"), row.get("end_sec")
                 )
-                for clip in video.clips(windows):
+                lane = gpu.open(f, is_local(target)) if gpu is not None else None
+                for clip in (lane.clips(video, windows) if lane else video.clips(windows)):
                     emitted += 1
                     if per_clip_sleep:
                         time.sleep(per_clip_sleep)
@@ -97,7 +100,8 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None) -
         tb = traceback.format_exc(limit=3).strip().splitlines()[-3:]
         status = dict(status="error", error_class=type(e).__name__, error=f"{uri}: {e} | {' / '.join(tb)}")
     ledger.end(row["video_id"])
-    yield _video_row(row, num_clips=emitted, decode_sec=time.perf_counter() - t0, **meta, **status)
+    decoder = lane.columns() if lane else {"decoder": "cpu", "decoder_note": ""}
+    yield _video_row(row, num_clips=emitted, decode_sec=time.perf_counter() - t0, **meta, **status, **decoder)
 
 
 def _table(rows: list[dict], sch: pa.Schema) -> pa.Table:
@@ -107,6 +111,8 @@ def _table(rows: list[dict], sch: pa.Schema) -> pa.Table:
 class DecodeStage:
     """map_batches fn: manifest rows in, blocks of at most ``clips_per_block`` rows out."""
 
+    gpu = None  # decode_lanes.NvdecDecodeStage sets its NVDEC lane here
+
     def __init__(self, cfg: Config, run_id: str = ""):
         self.cfg, self.run_id = cfg, run_id
 
@@ -115,7 +121,7 @@ class DecodeStage:
         buf: list[dict] = []
         ledger = CrashLedger(self.run_id)
         for row in batch.to_pylist():
-            for out in decode_video(row, self.cfg, ledger):
+            for out in decode_video(row, self.cfg, ledger, self.gpu):
                 buf.append(out)
                 if len(buf) >= self.cfg.decode.clips_per_block:
                     yield _table(buf, schema.DECODED)

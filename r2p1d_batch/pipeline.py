@@ -20,6 +20,7 @@ from ray.data.exceptions import ExecutionTimeoutError
 from . import commit, incremental
 from .classify_stage import ClassifierActor
 from .config import Config
+from .decode_lanes import nvdec_lane, resolve, split_rows
 from .decode_stage import DecodeStage
 from .errors import ServiceError
 from .faults import TEST_HOOKS_ENV, hook_target
@@ -164,7 +165,7 @@ def label(cfg: Config) -> RunSummary:
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id):
+            for batch in _labeled(cfg, todo, run_id, s):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
     except ExecutionTimeoutError as e:
@@ -193,13 +194,19 @@ def _stalled_message(cfg: Config, run_id: str) -> str:
             f"waited for up to that long; nothing was committed, the next run labels these videos.")
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str):
+def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | None = None):
     init_ray(cfg)
     _configure_data(cfg)
+    # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
+    # (an NVDEC lane beside it, decode_lanes.py). `cuda` without a usable GPU stops here (exit 2).
+    decode_device = resolve(cfg)
+    if summary is not None:
+        summary.decode_device = decode_device
 
     # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
     rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
+    rows, nvdec_rows = split_rows(rows, cfg.decode.nvdec.share) if decode_device == "cuda" else (rows, [])
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4096)))
 
     # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
     # them two operators: placement.py. Test hooks reach decode workers only when a test drives us.
@@ -213,6 +220,11 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str):
         compute=task_pool(cfg.decode.concurrency),
         **decode,
     )
+    # Stage 2b (decode.device resolved to cuda): the NVDEC lane, decode actors with a GPU fraction
+    # each (1:N like stage 2; NOT YET RUN ON A GPU), merged with the CPU lane before the classifier.
+    if nvdec_rows:
+        lane = ray.data.from_items(nvdec_rows, override_num_blocks=min(len(nvdec_rows), 4096))
+        ds = ds.union(nvdec_lane(lane, cfg, run_id, decode["runtime_env"]))
 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     ds = ds.map_batches(

@@ -32,14 +32,14 @@ import re
 from .config import Config
 
 STAGE_ENV = "R2P1D_STAGE"
-DECODE_OP, CLASSIFY_OP = "DecodeStage", "ClassifierActor"
+DECODE_OP, CLASSIFY_OP = "MapBatches(DecodeStage)", "ClassifierActor"  # NvdecDecodeStage is its own lane
 
 
 def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
     """Named map_batches arguments (no deprecated ones) for the decode and classify stages."""
     env = {STAGE_ENV: "decode"}
     if test_hooks:  # fault-injection hooks reach the decode workers only when a test drives the run
-        from .stages import TEST_HOOKS_ENV
+        from .faults import TEST_HOOKS_ENV
 
         env[TEST_HOOKS_ENV] = "1"
     decode = dict(num_cpus=cfg.decode.num_cpus, runtime_env={"env_vars": env})

@@ -44,6 +44,8 @@ VIDEO_SOURCE = [
     ("pix_fmt", pa.string()),
     ("source_size", pa.int64()),
     ("source_fingerprint", pa.string()),
+    ("decoder", pa.string()),  # cpu | nvdec | nvdec+cpu (NVDEC failed mid-video, the CPU did the rest)
+    ("decoder_note", pa.string()),  # why not (only) NVDEC where the run had it; "" otherwise
 ]
 
 PROVENANCE = [

@@ -28,6 +28,10 @@ class RunSummary:
     videos_error: int = 0
     clips: int = 0
     errors_by_class: dict = field(default_factory=dict)
+    # decode.device as resolved for this run (cpu: PyAV only; cuda: NVDEC lane beside the CPU
+    # lane), and the decoder that produced each labeled video's clips (cpu | nvdec | nvdec+cpu).
+    decode_device: str = ""
+    videos_by_decoder: dict = field(default_factory=dict)
     wall_sec: float = 0.0
     clips_per_sec: float = 0.0
     # Start-up vs steady state, from labeled clip rows reaching the writer (driver clock):
@@ -55,6 +59,9 @@ class RunSummary:
             f"  clips {self.clips} in {self.wall_sec:.1f} s = {self.clips_per_sec:.2f} clips/s" + self._steady_text(),
             f"  weights {self.weights}  runtime {self.runtime}  sampling {self.sampling}",
         ]
+        if self.decode_device:
+            by = ", ".join(f"{k} {v}" for k, v in sorted(self.videos_by_decoder.items())) or "none"
+            lines.append(f"  decode.device {self.decode_device}: videos decoded by {by}")
         if self.random_weights:
             lines.append("  !! RANDOM WEIGHTS: these labels are meaningless (smoke run); every row says so !!")
         return "\n".join(lines)

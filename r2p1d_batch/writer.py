@@ -96,6 +96,8 @@ class RunWriter:
         s.clips += len(f.clips)
         if v["status"] == "ok":
             s.videos_ok += 1
+            by = s.videos_by_decoder
+            by[v.get("decoder") or "cpu"] = by.get(v.get("decoder") or "cpu", 0) + 1
         else:
             s.videos_error += 1
             s.errors_by_class[v["error_class"]] = s.errors_by_class.get(v["error_class"], 0) + 1

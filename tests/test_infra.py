@@ -96,6 +96,7 @@ def test_cluster_profile_is_a_valid_config():
     assert cfg.model.batch_size == 64
     assert tuple(cfg.model.concurrency) == (1, 4)
     assert cfg.decode.concurrency is None
+    assert cfg.decode.device == "cpu"  # until NVDEC is measured on a GPU node
 
 
 def test_cluster_profile_keys_are_known_sections():
@@ -104,7 +105,7 @@ def test_cluster_profile_keys_are_known_sections():
         "ray": {"address", "num_cpus", "object_store_memory_mb", "progress_bars"},
         "sampling": {"mode", "clip_len", "fps", "stride_sec", "num_clips", "short_video"},
         "decode": {"scaler", "threads", "num_cpus", "concurrency", "clips_per_block", "max_pixels", "seek_gap_sec",
-                   "label_selector", "resources"},
+                   "label_selector", "resources", "device", "nvdec"},
         "model": {"weights", "seed", "runtime", "device", "batch_size", "num_gpus", "num_cpus",
                   "concurrency", "topk", "amp", "label_selector", "resources"},
         "run": {"mode", "stale_after_sec", "stall_timeout_sec"},
@@ -231,6 +232,25 @@ def test_node_labels_put_decode_off_gpu_nodes_and_the_classifier_on_them():
         gpu = group == "gpu"
         assert fits(cfg.model.label_selector, labels) == gpu, (name, labels)
         assert fits(cfg.decode.label_selector, labels) == (not gpu), (name, labels)
+
+
+def _driver_caps(value: str) -> set[str]:
+    return {c.strip() for c in value.split(",")}
+
+
+def test_gpu_containers_get_the_video_driver_capability():
+    """NVDEC needs libnvcuvid, which the NVIDIA runtime mounts only with the `video` capability."""
+    envs = [rest for op, rest in _dockerfile_instructions() if op == "ENV" and "NVIDIA_DRIVER_CAPABILITIES" in rest]
+    (env,) = envs
+    assert "video" in _driver_caps(env.split("NVIDIA_DRIVER_CAPABILITIES=", 1)[1].split()[0])
+    for name, spec in _rayjob_specs():
+        gpu = next(g for g in spec["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+        for c in gpu["template"]["spec"]["containers"]:
+            caps = {e["name"]: e.get("value", "") for e in c.get("env", [])}.get("NVIDIA_DRIVER_CAPABILITIES")
+            assert caps is not None and {"compute", "utility", "video"} <= _driver_caps(caps), (name, c["name"])
+    opts = yaml.safe_load(AWS_CLUSTER.read_text())["available_node_types"]["gpu"]["docker"]["worker_run_options"]
+    (opt,) = [o for o in opts if "NVIDIA_DRIVER_CAPABILITIES" in o]
+    assert "video" in _driver_caps(opt.split("=", 1)[1])
 
 
 def test_aws_cluster_has_cpu_decode_and_gpu_worker_types():

@@ -22,7 +22,7 @@ from . import report
 from .backends import Backend, ReplayBackend, cache_dir, device_graph, make_backend
 from .errors import AuditError
 from .metrics import compare, summarize, topk_ids
-from .redecode import OK, Redecoded, redecode
+from .redecode import VERIFIED, Redecoded, redecode
 from .sample import committed_clips, sample_clips
 
 log = logging.getLogger("r2p1d_batch.audit")
@@ -90,6 +90,14 @@ def _checks(cfg: Config, metrics: dict, host_agree: float, unverified: int, veri
     return out
 
 
+def _tolerance_summary(checked: list[Redecoded], tolerance: tuple[int, float]) -> dict:
+    """Clips verified by pixel tolerance instead of clip_sha (NVDEC-labeled, no NVDEC here)."""
+    tol = [c for c in checked if c.check == "tolerance"]
+    return {"clips": len(tol), "max_abs_threshold": tolerance[0], "mean_abs_threshold": tolerance[1],
+            "max_abs": max((c.pixel_max_abs for c in tol), default=None),
+            "mean_abs_worst": max((c.pixel_mean_abs for c in tol), default=None)}
+
+
 def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
     t0 = time.perf_counter()
     a, out = cfg.audit, cfg.output.path
@@ -115,8 +123,9 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
     sample = _replay_sample(table, keys) if keys else sample_clips(table, a.sample, a.seed)
     rows = sample.to_pylist()
     log.info("audit %s: %d of %d committed clips sampled; re-decoding from source", audit_id, len(rows), table.num_rows)
-    checked: list[Redecoded] = redecode(rows, runs, cfg.storage)
-    ok = [i for i, r in enumerate(checked) if r.status == OK]
+    tolerance = (a.thresholds.nvdec_max_abs_px, a.thresholds.nvdec_mean_abs_px)
+    checked: list[Redecoded] = redecode(rows, runs, cfg.storage, tolerance)
+    ok = [i for i, r in enumerate(checked) if r.status in VERIFIED]
     if keys:  # the replayed file names every sampled clip: keep the verified ones
         backend.keep(ok)
     if isinstance(backend, ReplayBackend):
@@ -155,6 +164,8 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
         r = {
             "run_id": row["run_id"], "video_id": row["video_id"], "uri": row["uri"], "clip_index": row["clip_index"],
             "clip_sha": row["clip_sha"], "redecoded_sha": chk.sha, "input_status": chk.status, "input_error": chk.error,
+            "decoder": row.get("decoder"), "input_check": chk.check, "pixel_max_abs_diff": chk.pixel_max_abs,
+            "pixel_mean_abs_diff": chk.pixel_mean_abs,
             "source_fingerprint": row.get("source_fingerprint"), "source_fingerprint_now": chk.source_fingerprint,
             "label": row["label"], "label_id": row["label_id"],
             "backend": backend_report.get("backend"), "device": backend_report.get("device"),
@@ -194,6 +205,7 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
         "host_label_agreement": host_agree, "device_label_agreement": float(np.mean(dev_top1 == stored)) if ok else 0.0,
         "metrics": metrics, "thresholds": a.thresholds.model_dump(), "checks": checks, "backend": backend_report,
         "problems": problems, "wall_sec": round(time.perf_counter() - t0, 2),
+        "pixel_tolerance": _tolerance_summary(checked, tolerance),
     }
     device_file = {"class_probs": device, "run_id": np.array([rows[i]["run_id"] for i in ok], dtype=str),
                    "video_id": np.array([rows[i]["video_id"] for i in ok], dtype=str),

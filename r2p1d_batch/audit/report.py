@@ -32,6 +32,10 @@ AUDIT_CLIPS = pa.schema(
         ("redecoded_sha", pa.string()),  # as re-decoded now ("" when the source is unreadable)
         ("input_status", pa.string()),  # ok | sha_mismatch | source_missing | decode_error
         ("input_error", pa.string()),
+        ("decoder", pa.string()),  # of the clip's video at labeling: cpu | nvdec | nvdec+cpu
+        ("input_check", pa.string()),  # sha (clip_sha re-created) | tolerance (NVDEC-labeled, no NVDEC here)
+        ("pixel_max_abs_diff", pa.int16()),  # tolerance check: NVDEC path vs CPU path, grey levels
+        ("pixel_mean_abs_diff", pa.float64()),
         ("source_fingerprint", pa.string()),  # at labeling
         ("source_fingerprint_now", pa.string()),
         ("label", pa.string()),  # stored by the run
@@ -77,6 +81,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _tolerance_lines(t: dict) -> list[str]:
+    if not t.get("clips"):
+        return []
+    return [f"- **{t['clips']} clips were labeled from NVDEC-decoded pixels and this machine has no NVDEC**: their "
+            f"clip_sha cannot be re-created, so instead of clip_sha the audit checked that the source is unchanged "
+            f"(fingerprint) and compared pixels: the NVDEC path's conversion (colour.py, resize, crop; run here on the "
+            f"CPU from the same decoded frames) vs the CPU path, max |d| {_fmt(t['max_abs'])} (tolerance "
+            f"{t['max_abs_threshold']}), worst clip mean {_fmt(t['mean_abs_worst'])} (tolerance "
+            f"{t['mean_abs_threshold']}) grey levels; the host/device comparison used the CPU path's pixels."]
+
+
 def markdown(summary: dict, diffs: np.ndarray) -> str:
     """The human summary: verdict, the threshold table, inputs, jobs, a |d| histogram."""
     s, lines = summary, []
@@ -89,6 +104,7 @@ def markdown(summary: dict, diffs: np.ndarray) -> str:
               f"- backend: **{b.get('backend')}**  device: **{b.get('device')}**  runtime: **{b.get('runtime')}**",
               f"- sample: {s['sampled']} clips (seed {s['seed']}, stratified over {s['labels_in_sample']} labels); "
               f"verified inputs: {s['verified']}; {', '.join(f'{k}: {v}' for k, v in s['input_status'].items())}",
+              *_tolerance_lines(s.get("pixel_tolerance") or {}),
               ""]
     lines += ["| check | value | threshold | ok |", "|---|---|---|---|"]
     for c in s["checks"]:

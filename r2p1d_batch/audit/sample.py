@@ -18,7 +18,7 @@ CLIP_COLUMNS = (
     "video_id", "uri", "clip_index", "start_sec", "end_sec", "frame_pts", "padded_frames",
     "clip_sha", "label", "label_id", "score", "weights", "runtime", "sampling",
 )
-VIDEO_COLUMNS = ("video_id", "source_size", "source_fingerprint")
+VIDEO_COLUMNS = ("video_id", "source_size", "source_fingerprint", "decoder")  # decoder: runs before it have none
 KEY = ("run_id", "video_id", "clip_index")
 
 
@@ -66,7 +66,8 @@ def _read_run(fs, root: str, table: str, run_id: str, columns: Sequence[str]) ->
     parts = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            t = pq.read_table(fh, columns=list(columns))
+            pf = pq.ParquetFile(fh)
+            t = pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
         parts.append(t)
     t = pa.concat_tables(parts)
     return t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string()))
@@ -98,11 +99,11 @@ def committed_clips(output: str, storage=None, run_id: Optional[str] = None) -> 
                          f"(every video failed to decode?): nothing to audit")
     table = pa.concat_tables(clips)
     fp: dict[tuple[str, str], dict] = {}
-    for row in (pa.concat_tables(videos).to_pylist() if videos else []):
+    for row in (pa.concat_tables(videos, promote_options="default").to_pylist() if videos else []):
         fp[(row["run_id"], row["video_id"])] = row
     keys = zip(table.column("run_id").to_pylist(), table.column("video_id").to_pylist())
     found = [fp.get(k, {}) for k in keys]
-    for name, typ in (("source_size", pa.int64()), ("source_fingerprint", pa.string())):
+    for name, typ in (("source_size", pa.int64()), ("source_fingerprint", pa.string()), ("decoder", pa.string())):
         table = table.append_column(name, pa.array([f.get(name) for f in found], typ))
     weights = pc.unique(table.column("weights")).to_pylist()
     if len(weights) > 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from . import inputs
 from .report import format_report, machine, write_json
 
-SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory"]
+SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory", "node"]
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,17 @@ class Mode:
     e2e_profiles: tuple[str | None, ...]  # config files in configs/ (None: the defaults)
     memory_videos: tuple[tuple[str, int], ...]
     memory_stride: float
+    node_seconds: int = 60  # node section (GPU node only): 60-s videos ...
+    node_copies: int = 16  # ... this many per run and resolution
 
 
 MODES = {
-    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0),
+    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0, 4, 2),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the small-CPU profile only (the
     # defaults' rows would cost another ~65 s).
     "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
-                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0),
+                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0, 60, 8),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
                  (("1080p", 60), ("1080p", 1800)), 30.0),
@@ -40,7 +42,7 @@ MODES = {
 
 
 def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str = "random", inputs_dir=None,
-        out: str = "bench.json", gpu_only: bool = False) -> dict:
+        out: str = "bench.json", gpu_only: bool = False, node_out: str | None = None) -> dict:
     from .. import config as config_mod
 
     m = MODES[mode]
@@ -110,6 +112,19 @@ def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str 
                                    "model.batch_size=1",
                                    "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
         section("memory", rows, notes)
+    if "node" in sections:
+        from pathlib import Path
+
+        from .node import node_rows, write_node_json
+
+        res = ("360p",) if mode == "tiny" else None
+        rows, notes = node_rows(m.node_seconds, m.node_copies, weights, inputs_dir,
+                                **({"resolutions": res} if res else {}))
+        section("node", rows, notes)
+        if any(r.get("skipped") is None for r in rows):  # measured rows only: never a file of skips
+            path = Path(node_out or Path(out).with_name("bench-gpu.json"))
+            write_node_json(rows, notes, result["machine"], path)
+            print(f"wrote {path}")
     result["wall_s"] = time.perf_counter() - t0
     write_json(result, out)
     print(f"\nwrote {out} ({result['wall_s']:.0f} s)")

@@ -1,4 +1,4 @@
-"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory).
+"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory; node on a GPU node).
 
   r2p1d bench [--quick|--tiny] [--gpu-only] [--out bench.json]
 
@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     size.add_argument("--quick", action="store_true", help="short inputs, a few minutes on 2 cores")
     size.add_argument("--tiny", action="store_true", help="smoke run on tiny inputs (seconds; figures meaningless)")
     p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
+    p.add_argument("--node-out", help="node section's JSON (default: bench-gpu.json beside --out; GPU node only)")
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
     p.add_argument("--weights", default="random", help="model weights (kinetics400 when cached)")
@@ -32,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
     run_suite(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
-              gpu_only=args.gpu_only)
+              gpu_only=args.gpu_only, node_out=args.node_out)
     return 0
