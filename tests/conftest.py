@@ -37,3 +37,12 @@ def job_env():
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A fresh ONNX export cache for one test module (R2P1D_ONNX_CACHE), so exports are tested."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("R2P1D_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
+    yield
+    mp.undo()

@@ -6,7 +6,6 @@ The qai-hub test runs the real qai_hub client against tests/hub_emulator.py on 1
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from r2p1d_batch.audit import metrics
 from r2p1d_batch.audit.sample import stratified_sample
 
+from outputs import label_cli
 from synth import make_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,15 +126,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "label.py"), str(manifest), "--output", str(out),
-         "--set", "model.weights=random", "--set", "ray.num_cpus=2", "--set", "ray.progress_bars=false",
-         "--log-level", "WARNING"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    label_cli(manifest, out, timeout=300)
     return {"out": out, "videos": videos, "cache": root / "cache", "root": root}
 
 

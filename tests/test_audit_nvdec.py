@@ -6,15 +6,14 @@ a changed source."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from outputs import label_cli
 from test_colour import make_yuv_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,15 +30,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "label.py"), str(manifest), "--output", str(out),
-         "--set", "model.weights=random", "--set", "ray.num_cpus=2", "--set", "ray.progress_bars=false",
-         "--set", "ray.object_store_memory_mb=200", "--log-level", "WARNING"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    label_cli(manifest, out, "ray.object_store_memory_mb=200")
     return {"out": out, "videos": videos, "cache": root / "cache"}
 
 

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_colour import make_yuv_video
 
 from r2p1d_batch import config
 from r2p1d_batch.decode import VideoSource
@@ -25,6 +24,7 @@ from r2p1d_batch.nvdec import NvdecDecoder, NvdecError
 from r2p1d_batch.sampling import plan_clips
 
 from synth import make_video
+from test_colour import make_yuv_video
 
 REPO = Path(__file__).resolve().parent.parent
 

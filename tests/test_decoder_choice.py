@@ -6,7 +6,6 @@ import logging
 
 import av
 import pytest
-from test_colour import make_yuv_video
 
 from r2p1d_batch.decoder_choice import (
     CPU,
@@ -22,6 +21,7 @@ from r2p1d_batch.decoder_choice import (
 from r2p1d_batch.errors import UserError
 
 from synth import make_video
+from test_colour import make_yuv_video
 
 
 def _facts(path) -> StreamFacts:

@@ -16,13 +16,7 @@ from r2p1d_batch.embeddings import WithEmbedding, embedding_array
 from r2p1d_batch.export import OUTPUT_NAME, cached_export
 from r2p1d_batch.model import Normalize, load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("R2P1D_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("onnx_cache")  # conftest: exports into a fresh cache
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +101,9 @@ def test_embedding_column_nulls_video_rows():
 
 
 def test_classifier_actor_emits_embeddings_only_when_asked(clips):
-    from test_classify_stage import _decoded
-
     from r2p1d_batch.classify_stage import ClassifierActor
+
+    from test_classify_stage import _decoded
 
     batch, px = _decoded("cvc", 3)
     on = ClassifierActor(config.load(None, ["model.weights=random", "model.runtime=torch", "model.device=cpu",

@@ -23,9 +23,9 @@ import pytest
 
 from r2p1d_batch import commit, incremental
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.decode_stage import decode_video
 from r2p1d_batch.faults import TEST_HOOKS_ENV
 
+from outputs import committed, expected_clips
 from synth import make_video
 
 pytestmark = pytest.mark.ray
@@ -72,25 +72,6 @@ def run(manifest: str, out: Path, *sets: str):
     from r2p1d_batch.pipeline import label as pipeline_run
 
     return pipeline_run(cfg_for(manifest, out, *sets))
-
-
-def expected_clips(paths: dict[str, Path]) -> list[tuple]:
-    """(video_id, clip_index, clip_sha) from decoding each file directly, no Ray."""
-    cfg = config_mod.load(None, [], manifest="m")
-    out = []
-    for vid, p in paths.items():
-        for r in decode_video({"video_id": vid, "uri": str(p), "start_sec": None, "end_sec": None}, cfg):
-            if r["kind"] == "clip":
-                out.append((vid, r["clip_index"], r["clip_sha"]))
-    return sorted(out)
-
-
-def committed(out: Path, table: str) -> list[dict]:
-    rows = []
-    for r in commit.committed_runs(str(out)):
-        for f in commit.committed_files(str(out), table, runs=[r]):
-            rows += [dict(x, run_id=r["run_id"]) for x in pq.read_table(f).to_pylist()]
-    return rows
 
 
 def current_videos(out: Path) -> dict[tuple, dict]:

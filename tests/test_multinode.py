@@ -22,10 +22,11 @@ import pytest
 from r2p1d_batch import commit
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.classify_stage import ClassifierActor
-from r2p1d_batch.decode_stage import DecodeStage, decode_video
+from r2p1d_batch.decode_stage import DecodeStage
 from r2p1d_batch.faults import TEST_HOOKS_ENV
 from r2p1d_batch.placement import FusedStagesError, check_two_stages, plan_operators, stage_args
 
+from outputs import committed, expected_clips
 from synth import make_video
 
 pytestmark = pytest.mark.ray
@@ -106,24 +107,6 @@ def write_manifest(path: Path, rows: dict[str, str]) -> str:
 
 def cfg_for(manifest: str, out: Path, *sets: str):
     return config_mod.load(None, [*BASE, *sets], manifest=manifest, **{"output.path": str(out)})
-
-
-def expected_clips(paths: dict[str, Path]) -> list[tuple]:
-    cfg = config_mod.load(None, [], manifest="m")
-    out = []
-    for vid, p in paths.items():
-        for r in decode_video({"video_id": vid, "uri": str(p), "start_sec": None, "end_sec": None}, cfg):
-            if r["kind"] == "clip":
-                out.append((vid, r["clip_index"], r["clip_sha"]))
-    return sorted(out)
-
-
-def committed(out: Path, table: str) -> list[dict]:
-    rows = []
-    for r in commit.committed_runs(str(out)):
-        for f in commit.committed_files(str(out), table, runs=[r]):
-            rows += pq.read_table(f).to_pylist()
-    return rows
 
 
 def labels(out: Path) -> list[tuple]:

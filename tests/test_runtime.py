@@ -15,12 +15,7 @@ def clips():
     return np.random.default_rng(1).integers(0, 256, (2, 16, 112, 112, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("R2P1D_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("onnx_cache")  # conftest: exports into a fresh cache
 
 
 def _clf(runtime: str) -> ClipClassifier:
