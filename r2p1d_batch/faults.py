@@ -87,7 +87,9 @@ class Deadline:
 # Each decode attempt is noted in Ray's cluster-wide KV store before it starts and cleared when
 # it ends (ok or error row); an attempt that finds CRASHES_BEFORE_ERROR notes left by attempts
 # that died becomes an error row "DecoderCrashed" instead of decoding again. One death (a
-# preempted node, an OOM kill) is retried normally.
+# preempted node, an OOM kill) is retried normally. The note is taken just before the first
+# step that can crash natively (opening the source; a test hook), so a row that fails its stat
+# (a missing file) costs no KV call, and a decoded one two (put-if-absent, delete).
 CRASHES_BEFORE_ERROR = 2
 
 
@@ -112,9 +114,13 @@ class CrashLedger:
         """Attempts at ``video_id`` that died so far; notes this one."""
         if self._kv is None:
             return 0
+        key = self._key(video_id)
         try:
-            prior = int(self._kv._internal_kv_get(self._key(video_id), namespace="r2p1d") or 0)
-            self._kv._internal_kv_put(self._key(video_id), str(prior + 1), overwrite=True, namespace="r2p1d")
+            # One call in the common case (no note yet): put-if-absent says whether one existed.
+            if not self._kv._internal_kv_put(key, "1", overwrite=False, namespace="r2p1d"):
+                return 0
+            prior = int(self._kv._internal_kv_get(key, namespace="r2p1d") or 0)
+            self._kv._internal_kv_put(key, str(prior + 1), overwrite=True, namespace="r2p1d")
             return prior
         except Exception:  # the ledger is a safety net; never fail a video over it
             return 0

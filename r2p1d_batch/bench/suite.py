@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from . import inputs
 from .report import format_report, machine, write_json
 
-SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory"]
+SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory", "overhead"]
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,22 @@ class Mode:
     e2e_profiles: tuple[str | None, ...]  # config files in configs/ (None: the defaults)
     memory_videos: tuple[tuple[str, int], ...]
     memory_stride: float
+    overhead_rows: int = 0  # manifest rows of missing files (per-video overhead; 0: skip)
+    overhead_repeats: int = 1  # best of this many, pipeline and bare interleaved
 
 
 MODES = {
-    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0),
+    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0,
+                 overhead_rows=20),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the small-CPU profile only (the
     # defaults' rows would cost another ~65 s).
     "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
-                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0),
+                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0,
+                  overhead_rows=1000),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
-                 (("1080p", 60), ("1080p", 1800)), 30.0),
+                 (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2),
 }
 
 
@@ -110,6 +114,12 @@ def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str 
                                    "model.batch_size=1",
                                    "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
         section("memory", rows, notes)
+    if "overhead" in sections and m.overhead_rows:
+        from .overhead import overhead_rows
+
+        rows, notes = overhead_rows(m.overhead_rows, m.overhead_repeats,
+                                    [f"model.weights={weights}", "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
+        section("overhead", rows, notes)
     result["wall_s"] = time.perf_counter() - t0
     write_json(result, out)
     print(f"\nwrote {out} ({result['wall_s']:.0f} s)")
