@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from . import commit, incremental
+from . import commit, incremental, sizing
 from .classify_stage import ClassifierActor
 from .config import Config
 from .decode_stage import DecodeStage
@@ -160,17 +160,25 @@ def label(cfg: Config) -> RunSummary:
     log.info("run %s: %d manifest rows (%s), %d to label -> %s", run_id, manifest.num_rows,
              ", ".join(f"{k} {v}" for k, v in counts.items()), todo.num_rows, cfg.output.path)
 
+    # Stage 0c: unset resource keys sized to the cluster (sizing.py); Ray starts only with work.
+    sized: dict = {}
+    if todo.num_rows:
+        init_ray(cfg)
+        cfg, sized = sizing.size_to_cluster(cfg, ray.cluster_resources())
+        log.info("sized for %s: %s (kept: %s)", sized["cluster"], sized["chosen"] or "nothing to size",
+                 ", ".join(sized["kept"]) or "none")
+
     writer = RunWriter(
         cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
         rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"), started=t0,
     )
     s = writer.summary
-    s.mode, s.manifest_rows, s.weights = cfg.run.mode, manifest.num_rows, weights
+    s.mode, s.manifest_rows, s.weights, s.sizing = cfg.run.mode, manifest.num_rows, weights, sized
     for decision, n in counts.items():  # videos_new, videos_changed, ..., videos_skipped
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id):
+            for batch in _labeled(cfg, todo, run_id, sized["decode_slots"]):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
     except BaseException:
@@ -178,13 +186,14 @@ def label(cfg: Config) -> RunSummary:
         raise
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str):
+def _labeled(cfg: Config, todo: pa.Table, run_id: str, decode_slots: int = 1):
     init_ray(cfg)
     _configure_data(cfg)
 
-    # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
+    # Stage 1: one row per video, spread over blocks so decode tasks run in parallel: a few
+    # videos per block (one Ray task each), enough blocks per decode slot (sizing.decode_blocks).
     rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4096))
+    ds = ray.data.from_items(rows, override_num_blocks=sizing.decode_blocks(len(rows), decode_slots))
 
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
     # A crashed decode worker is retried a bounded number of times. Passing the args through
