@@ -178,7 +178,7 @@ def label(cfg: Config) -> RunSummary:
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id, sized["decode_slots"]):
+            for batch in _labeled(cfg, todo, run_id, sized["decode_slots"], weights):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
     except BaseException:
@@ -186,7 +186,7 @@ def label(cfg: Config) -> RunSummary:
         raise
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str, decode_slots: int = 1):
+def _labeled(cfg: Config, todo: pa.Table, run_id: str, decode_slots: int = 1, weights: str | None = None):
     init_ray(cfg)
     _configure_data(cfg)
 
@@ -215,7 +215,7 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, decode_slots: int = 1):
     # A SIGKILLed actor is replaced and its batch retried (Ray Data's defaults, made explicit).
     ds = ds.map_batches(
         ClassifierActor,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "weights_id": weights},  # the model loads on a thread
         batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
         num_cpus=cfg.model.num_cpus,

@@ -109,3 +109,30 @@ def test_overhead_section_runs_both_pipelines(ray_local):
     assert ours["vs_bare"] == pytest.approx(bare["seconds"] / ours["seconds"])
     assert "'NotFound': 40" in notes[0]
     assert ray_local.is_initialized()
+
+
+@pytest.mark.parametrize("sets", [["model.runtime=torch", "model.device=cpu"], []])
+def test_classifier_actor_passes_video_rows_while_its_model_loads(sets):
+    """The actor is ready before its model: video-only batches carry the driver's weights id and
+    the planned runtime; the first batch with clips waits for the model, whose ids match."""
+    import numpy as np
+    import pyarrow as pa
+
+    from r2p1d_batch import schema
+    from r2p1d_batch.classify_stage import ClassifierActor, planned_runtime
+
+    cfg = config.load(None, ["model.weights=random", *sets])
+    actor = ClassifierActor(cfg, weights_id="random:seed=0")
+    cols = {f.name: [None] * 3 for f in schema.DECODED}
+    cols.update(kind=["video", "video", "clip"], video_id=["a", "b", "b"], uri=["x"] * 3, clip_index=[None, None, 0],
+                frames=[None, None, np.zeros((16, 112, 112, 3), np.uint8).tobytes()])
+    table = pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema.DECODED}, schema=schema.DECODED)
+    videos = actor(table.slice(0, 2))
+    assert videos.column("weights").to_pylist() == ["random:seed=0"] * 2
+    assert videos.column("runtime").to_pylist() == [planned_runtime(cfg.model)] * 2
+    assert videos.column("label").to_pylist() == [None, None]
+    out = actor(table)
+    assert out.column("label").to_pylist()[2] is not None
+    assert actor.classifier.weights_id == "random:seed=0"
+    assert actor.classifier.runtime == planned_runtime(cfg.model)
+    assert out.column("runtime").to_pylist() == [actor.classifier.runtime] * 3
