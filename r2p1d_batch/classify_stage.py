@@ -1,28 +1,67 @@
-"""Stage 3: classify, as a Ray actor-pool stage (N:N). A callable class: model set-up in
-__init__, inference in __call__. Pixels stop here; scores go on; video rows pass through."""
+"""Stage 3: classify, as a Ray actor-pool stage (N:N). A callable class: model set-up started
+in __init__, inference in __call__. Pixels stop here; scores go on; video rows pass through.
+
+The model loads on a thread started by __init__ (torch import, weights, ONNX session: seconds,
+tens of seconds on a loaded node), so the actor is ready at once and batches of video rows only
+(error rows, the tail of a video) pass through without waiting for it; the first batch with
+clips waits for the model. This module imports no torch: the actor's process starts light."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pyarrow as pa
 
 from . import schema
-from .classify import ClipClassifier
-from .config import Config
-from .embeddings import embedding_array
+from .config import Config, ModelConfig
 from .preprocess import FrameTransform
+from .schema import embedding_array
+
+
+def planned_runtime(m: ModelConfig) -> str:
+    """The runtime id ClipClassifier will report for ``m`` on an actor that has the GPUs its
+    config asks for (``auto`` is CUDA exactly when the actor holds a GPU), without torch."""
+    cuda = m.device == "cuda" or (m.device == "auto" and m.num_gpus > 0)
+    backend = m.runtime if m.runtime != "auto" else ("torch" if cuda else "onnxruntime")
+    if backend == "onnxruntime":
+        return "onnxruntime-cpu-fp32"
+    return f"torch-cuda-{m.amp}" if cuda else "torch-cpu-fp32"
 
 
 class ClassifierActor:
     """Actor-pool stage: clips in (uint8), scores out; video rows pass through."""
 
-    def __init__(self, cfg: Config):
-        self.classifier = ClipClassifier(cfg.model, cfg.storage, embeddings=cfg.output.embeddings)
-        self.labels = np.array(self.classifier.labels, dtype=object)
-        crop = FrameTransform.from_preset().crop
-        self.clip_shape = (cfg.sampling.clip_len, crop[0], crop[1], 3)
+    def __init__(self, cfg: Config, weights_id: str | None = None):
+        self.cfg = cfg
+        # What video rows record while the model loads: the driver's weights id (model.weights_id,
+        # the id load_model records) and the planned runtime; the loaded model's once it is up.
+        self.weights_id, self.runtime = weights_id, planned_runtime(cfg.model)
+        self._error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load, name="load-model", daemon=True)
+        self._loader.start()
+        if weights_id is None:  # no id from the driver: the model's own, as before
+            self._model()
+
+    def _load(self) -> None:
+        try:
+            from .classify import ClipClassifier
+
+            self.classifier = ClipClassifier(self.cfg.model, self.cfg.storage, embeddings=self.cfg.output.embeddings)
+            self.labels = np.array(self.classifier.labels, dtype=object)
+            crop = FrameTransform.from_preset().crop
+            self.clip_shape = (self.cfg.sampling.clip_len, crop[0], crop[1], 3)
+        except BaseException as e:  # raised in the caller's thread by _model()
+            self._error = e
+
+    def _model(self):
+        self._loader.join()
+        if self._error is not None:
+            raise self._error
+        self.weights_id, self.runtime = self.classifier.weights_id, self.classifier.runtime
+        return self.classifier
 
     def _score(self, clips: np.ndarray) -> dict[str, list]:
-        s = self.classifier(clips)
+        s = self._model()(clips)
         return {
             "label": self.labels[s.topk_ids[:, 0]].tolist(),
             "label_id": s.topk_ids[:, 0].tolist(),
@@ -40,6 +79,7 @@ class ClassifierActor:
         scored = {name: [None] * n for name in SCORE_COLUMNS}
         embedding = None
         if len(idx):
+            self._model()
             clips = clip_pixels(batch.column("frames"), self.clip_shape)
             if len(clips) != len(idx):
                 raise ValueError(f"{len(idx)} clip rows but {len(clips)} clips of pixels in the batch")
@@ -48,8 +88,10 @@ class ClassifierActor:
             for name, values in scores.items():
                 for i, v in zip(idx, values):
                     scored[name][i] = v
-        scored["weights"] = [self.classifier.weights_id] * n
-        scored["runtime"] = [self.classifier.runtime] * n
+        if not self._loader.is_alive() and self._error is None:
+            self._model()  # loaded meanwhile: its own ids from now on
+        scored["weights"] = [self.weights_id] * n
+        scored["runtime"] = [self.runtime] * n
         out = batch.drop_columns(["frames"])
         for name, values in scored.items():
             field = schema.LABELED.field(name)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -238,6 +238,13 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     output: OutputConfig = OutputConfig()
     audit: AuditConfig = AuditConfig()
+    # Dotted keys the user set (a profile's YAML, --set, the command's own options), as opposed
+    # to the shipped defaults: sizing.py sizes only what the user left to it. Set by load().
+    _explicit: frozenset = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def explicit(self) -> frozenset:
+        return self._explicit
 
     @model_validator(mode="after")
     def _gpu_needs_cuda(self) -> Config:
@@ -314,19 +321,35 @@ def profile_path(path: str | os.PathLike) -> Path:
     raise ConfigError(f"config file not found: {path} (shipped profiles: {', '.join(profiles())})")
 
 
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted leaf keys of a nested mapping."""
+    out: set[str] = set()
+    for k, v in tree.items():
+        out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}"}
+    return out
+
+
 def load(path: str | os.PathLike | None = None, overrides: list[str] = (), **top: Any) -> Config:
-    """Defaults, then ``path`` (a profile layered on the defaults), then ``--set`` overrides."""
+    """Defaults, then ``path`` (a profile layered on the defaults), then ``--set`` overrides.
+    Every key set by the profile, an override or ``top`` is recorded in ``Config.explicit``."""
     tree = _read_yaml(DEFAULT_CONFIG)  # package data: missing means a broken install, not "no defaults"
+    explicit: set[str] = set()
     if path is not None and profile_path(path).resolve() != DEFAULT_CONFIG:
-        tree = _merge(tree, _read_yaml(profile_path(path)))
+        profile = _read_yaml(profile_path(path))
+        explicit |= _keys(profile)
+        tree = _merge(tree, profile)
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value, text)
+        explicit |= _keys(value, ".".join(keys) + ".") if isinstance(value, dict) and value else {".".join(keys)}
     for k, v in top.items():
         if v is not None:
             _apply(tree, k.split("."), v, k)
+            explicit.add(k)
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
+        cfg._explicit = frozenset(explicit)
+        return cfg
     except ValidationError as e:
         lines = []
         for err in e.errors():

@@ -14,7 +14,7 @@ from . import schema
 from .config import Config
 from .decode import DecodeError, VideoSource
 from .faults import CRASHES_BEFORE_ERROR, CrashLedger, Deadline, test_hooks
-from .preprocess import one_torch_thread
+from .preprocess import one_torch_thread, preset
 from .sampling import ShortVideoError, plan_clips
 from .storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
 
@@ -27,15 +27,8 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, g
     """One manifest row -> its clip rows, then exactly one video row (ok or error).
     ``gpu``: the NVDEC lane's per-actor decoder (decode_lanes.NvdecLane); None: PyAV only."""
     ledger = ledger or CrashLedger("")
-    crashed = ledger.begin(row["video_id"])
-    if crashed >= CRASHES_BEFORE_ERROR:
-        ledger.end(row["video_id"])
-        yield _video_row(row, num_clips=0, status="error", error_class="DecoderCrashed",
-                         error=f"{row['uri']}: the decoder process died {crashed} times on this video "
-                               "(native crash or kill); not retried")
-        return
     t0 = time.perf_counter()
-    uri, emitted, meta = row["uri"], 0, {}
+    uri, emitted, meta, noted = row["uri"], 0, {}, False
     deadline = Deadline(cfg.decode.timeout_sec, uri)
     lane = None
     try:
@@ -43,14 +36,23 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, g
             deadline.resume()
             target, per_clip_sleep = uri, 0.0
             hooks = test_hooks()
-            if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only)
+            if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only); may crash natively
                 hook = hooks.parse(uri)
+                noted = _note_attempt(ledger, row)
                 target, per_clip_sleep = hook.target, hooks.run(hook)
             fs, path = filesystem(target, cfg.storage)
             st = fs.info(path)  # a missing/forbidden object raises OSError: mapped below
             meta.update(source_size=st.get("size"), source_fingerprint=fingerprint(st))
             if not st.get("size"):
                 raise DecodeError(f"{uri}: file is empty (0 bytes)", "EmptyFile")
+            # From here on native code (FFmpeg) runs: note the attempt in the crash ledger.
+            noted = noted or _note_attempt(ledger, row)
+            # Here, not per task: a row that fails its stat never imports torch. The imports (seconds
+            # in a fresh worker on a loaded node) are set-up, not decode time: off the clock.
+            deadline.pause()
+            one_torch_thread()
+            preset()  # torchvision's preset, which VideoSource's transform reads
+            deadline.resume()
             # Remote objects are streamed: PyAV reads through a file object doing ranged GETs of
             # storage.block_size_mb (one block held), so a few clips never fetch the whole object.
             src = nullcontext(path) if is_local(target) else fs.open(path, "rb")
@@ -99,9 +101,21 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, g
     except Exception as e:  # a bug or an unexpected library error: still a row, with a trace
         tb = traceback.format_exc(limit=3).strip().splitlines()[-3:]
         status = dict(status="error", error_class=type(e).__name__, error=f"{uri}: {e} | {' / '.join(tb)}")
-    ledger.end(row["video_id"])
+    if noted:
+        ledger.end(row["video_id"])
     decoder = lane.columns() if lane else {"decoder": "cpu", "decoder_note": ""}
     yield _video_row(row, num_clips=emitted, decode_sec=time.perf_counter() - t0, **meta, **status, **decoder)
+
+
+def _note_attempt(ledger: CrashLedger, row: dict) -> bool:
+    """Note this attempt in the crash ledger; a video whose decoder already died
+    CRASHES_BEFORE_ERROR times is not decoded again but becomes an error row."""
+    crashed = ledger.begin(row["video_id"])
+    if crashed >= CRASHES_BEFORE_ERROR:
+        ledger.end(row["video_id"])
+        raise DecodeError(f"{row['uri']}: the decoder process died {crashed} times on this video "
+                          "(native crash or kill); not retried", "DecoderCrashed")
+    return True
 
 
 def _table(rows: list[dict], sch: pa.Schema) -> pa.Table:
@@ -117,7 +131,6 @@ class DecodeStage:
         self.cfg, self.run_id = cfg, run_id
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        one_torch_thread()
         buf: list[dict] = []
         ledger = CrashLedger(self.run_id)
         for row in batch.to_pylist():

@@ -11,11 +11,9 @@ off); DuckDB reads it as ``FLOAT[512]`` through the ``clips`` view (``curate/sql
 """
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-from .schema import EMBEDDING, EMBEDDING_DIM
+from .schema import EMBEDDING
 
 EMBEDDING_NAME, EMBEDDING_TYPE = EMBEDDING
 
@@ -39,16 +37,3 @@ class WithEmbedding(torch.nn.Module):
         x = n.layer4(n.layer3(n.layer2(n.layer1(n.stem(x)))))
         feat = n.avgpool(x).flatten(1)
         return n.fc(feat), l2_normalize(feat)
-
-
-def embedding_array(rows: np.ndarray | None, n: int, idx: np.ndarray) -> pa.FixedSizeListArray:
-    """An Arrow column of ``n`` rows: row ``idx[i]`` holds ``rows[i]``, the others null (video
-    rows, or embeddings off when ``rows`` is None). Built from one flat buffer, no per-row lists."""
-    flat = np.zeros((n, EMBEDDING_DIM), np.float32)
-    valid = np.zeros(n, bool)
-    if rows is not None and len(idx):
-        flat[idx] = rows
-        valid[idx] = True
-    values = pa.array(flat.ravel())
-    mask = pa.array(~valid)
-    return pa.FixedSizeListArray.from_arrays(values, EMBEDDING_DIM, mask=mask)

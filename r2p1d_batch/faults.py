@@ -88,7 +88,10 @@ class Deadline:
 # it ends (ok or error row); an attempt that finds CRASHES_BEFORE_ERROR notes left by attempts
 # that died becomes an error row "DecoderCrashed" instead of decoding again. One death (an
 # OOM kill) is retried normally. A note names the node of its attempt, and attempts whose node
-# is gone (a preempted spot node) are not counted: losing nodes is not the video's fault.
+# is gone (a preempted spot node) are not counted: losing nodes is not the video's fault. The
+# note is taken just before the first step that can crash natively (opening the source; a test
+# hook), so a row that fails its stat (a missing file) costs no KV call, and a decoded one two
+# (put-if-absent, delete).
 CRASHES_BEFORE_ERROR = 2
 
 
@@ -113,14 +116,16 @@ class CrashLedger:
         """Attempts at ``video_id`` that died so far on nodes still alive; notes this one."""
         if self._kv is None:
             return 0
+        key = self._key(video_id)
         try:
             import ray
 
-            notes = (self._kv._internal_kv_get(self._key(video_id), namespace="r2p1d") or b"").decode().split()
             me = ray.get_runtime_context().get_node_id()
-            self._kv._internal_kv_put(self._key(video_id), " ".join(notes + [me]), overwrite=True, namespace="r2p1d")
-            if not notes:
+            # One call in the common case (no note yet): put-if-absent says whether one existed.
+            if not self._kv._internal_kv_put(key, me, overwrite=False, namespace="r2p1d"):
                 return 0
+            notes = (self._kv._internal_kv_get(key, namespace="r2p1d") or b"").decode().split()
+            self._kv._internal_kv_put(key, " ".join(notes + [me]), overwrite=True, namespace="r2p1d")
             alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
             return sum(1 for node in notes if node in alive)
         except Exception:  # the ledger is a safety net; never fail a video over it

@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray
 from ray.data.exceptions import ExecutionTimeoutError
 
-from . import commit, incremental
+from . import commit, incremental, sizing
 from .classify_stage import ClassifierActor
 from .config import Config
 from .decode_lanes import nvdec_lane, resolve, split_rows
@@ -26,7 +26,13 @@ from .errors import ServiceError
 from .faults import TEST_HOOKS_ENV, hook_target
 from .manifest import read_manifest
 from .model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
-from .placement import check_two_stages, classifier_bundle, classifier_hosts, stage_args
+from .placement import (
+    check_two_stages,
+    classifier_bundle,
+    classifier_hosts,
+    largest_classifier_node_cpus,
+    stage_args,
+)
 from .sampling import sampling_id
 from .storage import aws_env, filesystem
 from .storage import resolve as resolve_storage
@@ -155,17 +161,25 @@ def label(cfg: Config) -> RunSummary:
     log.info("run %s: %d manifest rows (%s), %d to label -> %s", run_id, manifest.num_rows,
              ", ".join(f"{k} {v}" for k, v in counts.items()), todo.num_rows, cfg.output.path)
 
+    # Stage 0c: unset resource keys sized to the cluster (sizing.py); Ray starts only with work.
+    sized: dict = {}
+    if todo.num_rows:
+        init_ray(cfg)
+        cfg, sized = sizing.size_to_cluster(cfg, ray.cluster_resources(), largest_classifier_node_cpus(cfg))
+        log.info("sized for %s: %s (kept: %s)", sized["cluster"], sized["chosen"] or "nothing to size",
+                 ", ".join(sized["kept"]) or "none")
+
     writer = RunWriter(
         cfg.output.path, run_id, manifest, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
         rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"), started=t0,
     )
     s = writer.summary
-    s.mode, s.manifest_rows, s.weights = cfg.run.mode, manifest.num_rows, weights
+    s.mode, s.manifest_rows, s.weights, s.sizing = cfg.run.mode, manifest.num_rows, weights, sized
     for decision, n in counts.items():  # videos_new, videos_changed, ..., videos_skipped
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id, s):
+            for batch in _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights):
                 writer.add(batch)
         return writer.commit(time.perf_counter() - t0)
     except ExecutionTimeoutError as e:
@@ -194,7 +208,8 @@ def _stalled_message(cfg: Config, run_id: str) -> str:
             f"waited for up to that long; nothing was committed, the next run labels these videos.")
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | None = None):
+def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | None = None,
+             decode_slots: int = 1, weights: str | None = None):
     init_ray(cfg)
     _configure_data(cfg)
     # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
@@ -203,10 +218,11 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     if summary is not None:
         summary.decode_device = decode_device
 
-    # Stage 1: one row per video, spread over blocks so decode tasks run in parallel.
+    # Stage 1: one row per video, spread over blocks so decode tasks run in parallel: a few
+    # videos per block (one Ray task each), enough blocks per decode slot (sizing.decode_blocks).
     rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
     rows, nvdec_rows = split_rows(rows, cfg.decode.nvdec.share) if decode_device == "cuda" else (rows, [])
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4096)))
+    ds = ray.data.from_items(rows, override_num_blocks=sizing.decode_blocks(len(rows), decode_slots))
 
     # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
     # them two operators: placement.py. Test hooks reach decode workers only when a test drives us.
@@ -229,7 +245,7 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     ds = ds.map_batches(
         ClassifierActor,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "weights_id": weights},  # the model loads on a thread
         batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
         compute=actor_pool(cfg.model.concurrency),

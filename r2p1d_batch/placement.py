@@ -116,3 +116,13 @@ def _label_matches(value, selector: str) -> bool:
     body = selector[1:] if negate else selector
     choices = [c.strip() for c in body[3:-1].split(",")] if body.startswith("in(") and body.endswith(")") else [body]
     return (value not in choices) if negate else (value in choices)
+
+
+def largest_classifier_node_cpus(cfg: Config) -> float | None:
+    """The most CPUs of an alive node whose labels the classifier may run on (None: no node)."""
+    import ray
+
+    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
+            if n.get("Alive") and all(_label_matches(n.get("Labels", {}).get(k), sel)
+                                      for k, sel in cfg.model.label_selector.items())]
+    return max(cpus) if cpus else None

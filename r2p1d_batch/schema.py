@@ -5,6 +5,7 @@ DuckDB and Spark add when they read the directory.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 # Manifest: `uri` is required; the rest is optional. Other columns pass through to `videos`.
@@ -114,3 +115,16 @@ LABELED = pa.schema(
         EMBEDDING,
     ]
 )
+
+
+def embedding_array(rows: np.ndarray | None, n: int, idx: np.ndarray) -> pa.FixedSizeListArray:
+    """An Arrow column of ``n`` rows: row ``idx[i]`` holds ``rows[i]``, the others null (video
+    rows, or embeddings off when ``rows`` is None). Built from one flat buffer, no per-row lists."""
+    flat = np.zeros((n, EMBEDDING_DIM), np.float32)
+    valid = np.zeros(n, bool)
+    if rows is not None and len(idx):
+        flat[idx] = rows
+        valid[idx] = True
+    values = pa.array(flat.ravel())
+    mask = pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(values, EMBEDDING_DIM, mask=mask)

@@ -41,6 +41,9 @@ class RunSummary:
     # only one block of clips, arrived.
     first_clip_sec: Optional[float] = None
     steady_clips_per_sec: Optional[float] = None
+    # Resource keys sized to the cluster (sizing.size_to_cluster): cluster, chosen, kept (set by
+    # the user), decode_slots, model_threads. Empty when Ray was not started.
+    sizing: dict = field(default_factory=dict)
     committed: bool = False
     config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
     committed_at: str = ""
@@ -62,6 +65,11 @@ class RunSummary:
         if self.decode_device:
             by = ", ".join(f"{k} {v}" for k, v in sorted(self.videos_by_decoder.items())) or "none"
             lines.append(f"  decode.device {self.decode_device}: videos decoded by {by}")
+        if self.sizing:
+            z = self.sizing
+            chosen = ", ".join(f"{k}={v}" for k, v in z["chosen"].items()) or "nothing (all set by you)"
+            lines.append(f"  sized for {z['cluster']['CPU']:g} CPU / {z['cluster']['GPU']:g} GPU: {chosen}; "
+                         f"{z['decode_slots']} decode task(s) at once, {z['model_threads']} model thread(s) per actor")
         if self.random_weights:
             lines.append("  !! RANDOM WEIGHTS: these labels are meaningless (smoke run); every row says so !!")
         return "\n".join(lines)

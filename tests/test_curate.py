@@ -18,7 +18,7 @@ from conftest import REPO
 
 from r2p1d_batch import config, query, schema
 from r2p1d_batch.curate.duplicates import pairs
-from r2p1d_batch.embeddings import embedding_array
+from r2p1d_batch.schema import embedding_array
 
 from synth import make_video
 from tests.s3_fixtures import moto_s3, s3_env  # noqa: F401 (fixtures)

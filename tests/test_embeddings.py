@@ -12,9 +12,10 @@ import torch
 
 from r2p1d_batch import config, schema
 from r2p1d_batch.classify import ClipClassifier
-from r2p1d_batch.embeddings import WithEmbedding, embedding_array
+from r2p1d_batch.embeddings import WithEmbedding
 from r2p1d_batch.export import OUTPUT_NAME, cached_export
 from r2p1d_batch.model import Normalize, load_model
+from r2p1d_batch.schema import embedding_array
 
 pytestmark = pytest.mark.usefixtures("onnx_cache")  # conftest: exports into a fresh cache
 

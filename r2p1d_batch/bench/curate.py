@@ -73,7 +73,7 @@ def unit_vectors(n: int, seed: int = 0, clusters: int = 400, spread: float = 0.6
 
 
 def bytes_per_clip(n: int = 20_000) -> dict:
-    from ..embeddings import embedding_array
+    from ..schema import embedding_array
 
     emb = unit_vectors(n, seed=1)
     sizes = {}
@@ -92,7 +92,7 @@ def write_synthetic_output(root: Path, n: int, clips_per_video: int = 10, plante
                            ) -> list[tuple[str, int, str, int]]:
     """A committed one-run output of ``n`` clips with embeddings, and ``planted`` near-duplicate
     pairs (a clip copied into another video with small noise: cosine ~0.99)."""
-    from ..embeddings import embedding_array
+    from ..schema import embedding_array
 
     rng = np.random.default_rng(seed)
     emb = unit_vectors(n, seed)

@@ -90,6 +90,7 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
     import ray
 
     from ..pipeline import init_ray, label
+    from ..sizing import size_to_cluster
 
     names = [p.name if p else "default" for p in profiles]
     measured = []  # (profile, model alone: seconds and what ran, pipeline seconds, summary)
@@ -99,8 +100,9 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
                                 **{"output.path": str(Path(tmp) / f"out-{name}")}) for p, name in zip(profiles, names)]
         dec_s, clips = _decode_alone(cfgs[0], videos)
         for name, cfg in zip(names, cfgs):
-            model_s, model_what = _model_alone(cfg, clips)
             init_ray(cfg)  # a warm cluster, as with `ray job submit`; actor start-up is counted
+            # the model alone at the resources the job will give it (sized to this cluster)
+            model_s, model_what = _model_alone(size_to_cluster(cfg, ray.cluster_resources())[0], clips)
             t = time.perf_counter()
             summary = label(cfg)
             e2e_s = time.perf_counter() - t

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from . import inputs
 from .report import format_report, machine, write_json
 
-SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory", "node"]
+SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory", "overhead", "node"]
 
 
 @dataclass(frozen=True)
@@ -24,20 +24,24 @@ class Mode:
     e2e_profiles: tuple[str | None, ...]  # config files in configs/ (None: the defaults)
     memory_videos: tuple[tuple[str, int], ...]
     memory_stride: float
+    overhead_rows: int = 0  # manifest rows of missing files (per-video overhead; 0: skip)
+    overhead_repeats: int = 1  # best of this many, pipeline and bare interleaved
     node_seconds: int = 60  # node section (GPU node only): 60-s videos ...
     node_copies: int = 16  # ... this many per run and resolution
 
 
 MODES = {
-    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0, 4, 2),
+    "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0,
+                 overhead_rows=20, node_seconds=4, node_copies=2),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
-    # gets one block per video: a steady rate needs a few) with the small-CPU profile only (the
-    # defaults' rows would cost another ~65 s).
+    # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
+    # cluster: on 2 cores they equal configs/cpu.yaml; another profile's rows cost ~65 s more).
     "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
-                  (("360p", 20),) * 4, 2.0, ("cpu.yaml",), (("1080p", 60), ("1080p", 1800)), 60.0, 60, 8),
+                  (("360p", 20),) * 4, 2.0, (None,), (("1080p", 60), ("1080p", 1800)), 60.0,
+                  overhead_rows=1000, node_seconds=60, node_copies=8),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
-                 (("1080p", 60), ("1080p", 1800)), 30.0),
+                 (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2),
 }
 
 
@@ -112,6 +116,12 @@ def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str 
                                    "model.batch_size=1",
                                    "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
         section("memory", rows, notes)
+    if "overhead" in sections and m.overhead_rows:
+        from .overhead import overhead_rows
+
+        rows, notes = overhead_rows(m.overhead_rows, m.overhead_repeats,
+                                    [f"model.weights={weights}", "ray.num_cpus=2", "ray.object_store_memory_mb=300"])
+        section("overhead", rows, notes)
     if "node" in sections:
         from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory; node on a GPU node).
+"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory, overhead;
+node on a GPU node).
 
   r2p1d bench [--quick|--tiny] [--gpu-only] [--out bench.json]
 
