@@ -11,9 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from synth import .
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One small local Ray for the whole session (2 CPUs, small object store)."""
+def init_local_ray():
+    """The session's small local Ray (2 CPUs, small object store), started if not running."""
     import ray
 
     if not ray.is_initialized():
@@ -25,6 +24,14 @@ def ray_local():
             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
             log_to_driver=False,
         )
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the whole session. A module that needs another Ray (the
+    multi-node tests) shuts it down and calls init_local_ray() again when it is done."""
+    ray = init_local_ray()
     yield ray
     ray.shutdown()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import init_local_ray
 
 from r2p1d_batch import commit
 from r2p1d_batch import config as config_mod
@@ -44,7 +45,8 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():  # a local Ray from another module of this session
+    had_local = ray.is_initialized()  # the session's local Ray (conftest.ray_local): back at the end
+    if had_local:
         ray.shutdown()
     old = os.environ.get(TEST_HOOKS_ENV)
     os.environ[TEST_HOOKS_ENV] = "1"
@@ -61,6 +63,8 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+        if had_local:
+            init_local_ray()
         if old is None:
             os.environ.pop(TEST_HOOKS_ENV, None)
         else:

@@ -65,9 +65,14 @@ def test_crash_ledger_notes_only_attempts_that_reach_the_decoder(ray_local, tmp_
     cfg = config.load(None, [])
     ledger = CrashLedger("ledger-test")
 
-    def note(vid):
+    me = ray_local.get_runtime_context().get_node_id()
+
+    def note(vid):  # attempts noted (one node id each)
         v = internal_kv._internal_kv_get(ledger._key(vid), namespace="r2p1d")
-        return None if v is None else int(v)
+        return None if v is None else len(v.decode().split())
+
+    def died(vid, n):  # n earlier attempts on this (alive) node that never cleared their note
+        internal_kv._internal_kv_put(ledger._key(vid), " ".join([me] * n), namespace="r2p1d")
 
     # put-if-absent, then count: attempts that died are counted, the first costs one call
     assert ledger.begin("x") == 0 and note("x") == 1
@@ -76,7 +81,7 @@ def test_crash_ledger_notes_only_attempts_that_reach_the_decoder(ray_local, tmp_
     assert note("x") is None
 
     # a row that fails its stat never touches its note (no decoder ran, nothing can crash)
-    internal_kv._internal_kv_put(ledger._key("gone"), "5", namespace="r2p1d")
+    died("gone", 5)
     rows = list(decode_video({"video_id": "gone", "uri": str(tmp_path / "absent.mp4")}, cfg, ledger))
     assert [(r["kind"], r["error_class"]) for r in rows] == [("video", "NotFound")]
     assert note("gone") == 5
@@ -86,11 +91,11 @@ def test_crash_ledger_notes_only_attempts_that_reach_the_decoder(ray_local, tmp_
     rows = list(decode_video({"video_id": "ok", "uri": video}, cfg, ledger))
     assert rows[-1]["status"] == "ok" and len(rows) > 1 and note("ok") is None
     # one earlier death: decoded again
-    internal_kv._internal_kv_put(ledger._key("once"), "1", namespace="r2p1d")
+    died("once", 1)
     rows = list(decode_video({"video_id": "once", "uri": video}, cfg, ledger))
     assert rows[-1]["status"] == "ok" and note("once") is None
     # CRASHES_BEFORE_ERROR deaths: an error row, no decode, the note cleared
-    internal_kv._internal_kv_put(ledger._key("bad"), str(CRASHES_BEFORE_ERROR), namespace="r2p1d")
+    died("bad", CRASHES_BEFORE_ERROR)
     rows = list(decode_video({"video_id": "bad", "uri": video}, cfg, ledger))
     assert [(r["kind"], r["status"], r["error_class"], r["num_clips"]) for r in rows] == [
         ("video", "error", "DecoderCrashed", 0)]
