@@ -96,19 +96,19 @@ def check_two_stages(ds) -> list[str]:
     return ops
 
 
-def classifier_hosts(cfg: Config) -> list[str]:
-    """Alive nodes whose total resources and labels could hold one classifier actor (ids)."""
+def _classifier_nodes(cfg: Config) -> list[dict]:
+    """Alive nodes whose labels the classifier's label_selector admits (ray.nodes() entries)."""
     import ray
 
+    return [n for n in ray.nodes() if n.get("Alive") and all(
+        _label_matches(n.get("Labels", {}).get(k), sel) for k, sel in cfg.model.label_selector.items())]
+
+
+def classifier_hosts(cfg: Config) -> list[str]:
+    """Alive nodes whose total resources and labels could hold one classifier actor (ids)."""
     need = classifier_bundle(cfg)
-    hosts = []
-    for node in ray.nodes():
-        have, labels = node.get("Resources", {}), node.get("Labels", {})
-        if node.get("Alive") and all(have.get(k, 0) >= v for k, v in need.items()) and all(
-            _label_matches(labels.get(k), sel) for k, sel in cfg.model.label_selector.items()
-        ):
-            hosts.append(node["NodeID"])
-    return hosts
+    return [n["NodeID"] for n in _classifier_nodes(cfg)
+            if all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items())]
 
 
 def _label_matches(value, selector: str) -> bool:
@@ -120,9 +120,5 @@ def _label_matches(value, selector: str) -> bool:
 
 def largest_classifier_node_cpus(cfg: Config) -> float | None:
     """The most CPUs of an alive node whose labels the classifier may run on (None: no node)."""
-    import ray
-
-    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
-            if n.get("Alive") and all(_label_matches(n.get("Labels", {}).get(k), sel)
-                                      for k, sel in cfg.model.label_selector.items())]
+    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in _classifier_nodes(cfg)]
     return max(cpus) if cpus else None
