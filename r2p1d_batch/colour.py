@@ -95,21 +95,40 @@ def yuv420_to_rgb(y, u, v, matrix: str = "bt601", full_range: bool = False):
     """Planes ``y`` (H, W), ``u``/``v`` (ceil(H/2), ceil(W/2)) uint8 tensors, optionally with
     leading batch dims -> uint8 (..., H, W, 3) RGB, as swscale converts them (see module doc).
     H must be even (odd heights: swscale interpolates chroma; not reproduced)."""
-    import torch
-
     h, w = y.shape[-2], y.shape[-1]
     if h % 2:
         raise ValueError(f"odd frame height {h}: swscale converts these another way (decode them on the CPU)")
-    c = SwsCoeffs.of(matrix, full_range)
-    up = u.to(torch.int32).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :h, :w]
-    vp = v.to(torch.int32).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :h, :w]
-    up = up * 8 - 1024
-    vp = vp * 8 - 1024
-    luma = ((y.to(torch.int32) * 8 - c.y_offset) * c.y_coeff) >> 16
-    r = luma + ((vp * c.vr) >> 16)
-    g = luma + ((up * c.ug) >> 16) + ((vp * c.vg) >> 16)
-    b = luma + ((up * c.ub) >> 16)
-    return torch.stack([r, g, b], dim=-1).clamp_(0, 255).to(torch.uint8)
+    up = u.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :h, :w]
+    vp = v.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :h, :w]
+    return yuv_to_rgb(y, up, vp, matrix, full_range)
+
+
+def _terms(c: SwsCoeffs, y, u, v):
+    """swscale's per-sample terms from int32 samples (numpy or torch): luma, r from v, g from u,
+    g from v, b from u. Each depends on one sample only, so they also tabulate (``rgb_tables``)."""
+    up = u * 8 - 1024
+    vp = v * 8 - 1024
+    luma = ((y * 8 - c.y_offset) * c.y_coeff) >> 16
+    return luma, (vp * c.vr) >> 16, (up * c.ug) >> 16, (vp * c.vg) >> 16, (up * c.ub) >> 16
+
+
+def yuv_to_rgb(y, u, v, matrix: str = "bt601", full_range: bool = False):
+    """Same-shape ``y``, ``u``, ``v`` uint8 tensors (chroma already at each pixel: swscale's
+    nearest 2x2 sample) -> uint8 (..., 3) RGB with swscale's arithmetic."""
+    import torch
+
+    luma, rv, gu, gv, bu = _terms(SwsCoeffs.of(matrix, full_range), *(p.to(torch.int32) for p in (y, u, v)))
+    return torch.stack([luma + rv, luma + gu + gv, luma + bu], dim=-1).clamp_(0, 255).to(torch.uint8)
+
+
+def rgb_tables(matrix: str = "bt601", full_range: bool = False):
+    """The five terms of :func:`_terms` for every 8-bit sample value: int32 numpy (5, 256).
+    ``r = luma[y] + rv[v]``, ``g = luma[y] + gu[u] + gv[v]``, ``b = luma[y] + bu[u]``, each
+    saturated to 0..255: swscale's pixels by table lookups (``crop_taps``)."""
+    import numpy as np
+
+    s = np.arange(256, dtype=np.int32)
+    return np.stack(_terms(SwsCoeffs.of(matrix, full_range), s, s, s))
 
 
 def nv12_planes(nv12, height: int, width: int):

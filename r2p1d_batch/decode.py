@@ -20,6 +20,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from .config import DecodeConfig
+from .crop_taps import CropTaps, frame_matrix, planes
 from .preprocess import FrameTransform
 from .sampling import EPS, ClipWindow
 
@@ -103,6 +104,7 @@ class VideoSource:
         # One reformatter per stream: PyAV's frame.to_ndarray builds a new swscale context per
         # frame (~8 ms at 720p); a shared one caches it. Same pixels.
         self._reformatter = VideoReformatter()
+        self._taps: dict[tuple, Optional[CropTaps]] = {}
         self._seen_frame = False
         self.info = self._probe()
 
@@ -188,8 +190,21 @@ class VideoSource:
                 h, w = w, h
             small = self._reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BILINEAR")
             return self.transform.crop_only(_rotate(small.to_ndarray(), self.info.rotation))
+        taps = self._crop_taps(frame)
+        if taps is not None:
+            return taps(*planes(frame))
         rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         return self.transform(_rotate(rgb, self.info.rotation))
+
+    def _crop_taps(self, frame: av.VideoFrame) -> Optional[CropTaps]:
+        """The exact path from the pixels the crop reads, where it applies (crop_taps.py)."""
+        if not self.cfg.crop_taps or self.transform.scaler != "exact" or self.info.rotation:
+            return None
+        key = (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range)
+        if key not in self._taps:
+            m = frame_matrix(frame)
+            self._taps[key] = None if m is None else CropTaps(frame.height, frame.width, self.transform, *m)
+        return self._taps[key]
 
     def clips(self, windows: list[ClipWindow]) -> Iterator[DecodedClip]:
         """Decode ``windows`` (sorted by start) into clips, streaming, one pass per span."""

@@ -84,21 +84,26 @@ def one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _exact(rgb: np.ndarray, resize: tuple[int, int], crop: tuple[int, int] | None) -> np.ndarray:
-    import torch
+def preset_resize_crop(x, resize: tuple[int, int], crop: tuple[int, int] | None):
+    """The preset's calls on one CHW frame tensor (uint8, or float holding integer values):
+    bilinear resize without antialias, then the centre crop when ``crop`` is given."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
-    x = torch.from_numpy(rgb).permute(2, 0, 1)  # HWC view -> CHW, as the preset sees a frame
     # One thread: torch's CPU kernel rounds differently when split over threads (~3e-5, enough
     # to flip a pixel at .5), and clip_sha must not depend on the process's thread count
     # (a Ray decode task has 1, the audit's re-decode may have more). A per-frame resize is
     # too small to split anyway: extra threads only spin against the decoder.
     with torch_threads(1):
         y = F.resize(x, list(resize), interpolation=InterpolationMode.BILINEAR, antialias=False)
-    if crop is not None:
-        y = F.center_crop(y, list(crop))
-    return np.ascontiguousarray(y.permute(1, 2, 0).numpy())
+    return y if crop is None else F.center_crop(y, list(crop))
+
+
+def _exact(rgb: np.ndarray, resize: tuple[int, int], crop: tuple[int, int] | None) -> np.ndarray:
+    import torch
+
+    x = torch.from_numpy(rgb).permute(2, 0, 1)  # HWC view -> CHW, as the preset sees a frame
+    return np.ascontiguousarray(preset_resize_crop(x, resize, crop).permute(1, 2, 0).numpy())
 
 
 def resize_exact(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
