@@ -95,6 +95,18 @@ class DecodeConfig(_Section):
     # exact scaler: convert and resize only the source pixels the model's crop reads
     # (crop_taps.py). Same pixels as converting the whole frame, 2-3x less work after decoding.
     crop_taps: bool = True
+    # Frames not decoded at all (a non-reference frame is one no other frame is predicted from):
+    # unused: the non-reference frames no clip shows (same pixels, times and clip_sha as none);
+    # nonref: every non-reference frame, a clip then shows the frame before (timestamps shift:
+    # measured by `r2p1d bench --only levers`); none: decode every frame.
+    skip_frames: Literal["none", "unused", "nonref"] = "unused"
+    # Lossy: skip the in-loop deblocking filter (H.264/HEVC): ~20 % less decode time; its
+    # artefacts mostly vanish in the model's 8x downscale. Pixel change against the fidelity
+    # budget in README "Cheaper decode"; configs/cluster.yaml turns it on.
+    skip_loop_filter: bool = False
+    # FFmpeg decoder options (AVOptions), for what the switches above do not cover, e.g.
+    # {flags2: "+fast"}. Unknown names are ignored by FFmpeg.
+    codec_options: dict[str, str] = {}
     num_cpus: float = Field(1.0, gt=0)
     concurrency: Concurrency = None
     clips_per_block: int = Field(8, ge=1, le=1024)

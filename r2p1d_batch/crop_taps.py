@@ -10,9 +10,10 @@ Pixels the kernel never reads are never written, and cannot reach the output: th
 preset's, bit for bit, by construction (tests/test_crop_taps.py fills every other pixel with NaN
 to show the kernel reads nothing else, and compares clips with the full-frame path).
 
-It applies (``usable``) to 8-bit 4:2:0 frames of even height in the matrices colour.py
-reproduces, unrotated, on x86 (whose swscale converter colour.py reproduces). Other frames take
-the full-frame path; the pixels are the same either way.
+It applies (``frame_matrix``) to frames of MIN_PIXELS and more (below, converting the whole frame
+is cheaper), 8-bit 4:2:0, of even height, in the matrices colour.py reproduces, unrotated, on x86
+(whose swscale converter colour.py reproduces). Other frames take the full-frame path; the pixels
+are the same either way.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ import numpy as np
 from . import colour
 from .preprocess import FrameTransform, preset_resize_crop
 
+# Below this many pixels the whole-frame path is cheaper (fixed costs of gathering ~50k taps):
+# per frame on one core, full frame vs taps, 720p 2.7 vs 3.2 ms, 1080p 5.1 vs 3.1 ms,
+# 1440p 39 vs 6.0 ms, 2160p 91 vs 7.8 ms (docs/bench.md, "Cheaper decode").
+MIN_PIXELS = 1_200_000
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 PIX_FMTS = ("yuv420p", "yuvj420p")
 
@@ -41,9 +46,9 @@ def taps(n_in: int, n_out: int, lo: int, hi: int) -> np.ndarray:
 
 def frame_matrix(frame) -> Optional[tuple[str, bool]]:
     """(matrix, full_range) swscale converts a PyAV frame with, or None where CropTaps does not
-    apply to it (format, odd height, unknown matrix, not x86)."""
+    apply to it (format, odd height, unknown matrix, not x86) or does not pay (small frames)."""
     fmt = frame.format.name
-    if not X86 or fmt not in PIX_FMTS or frame.height % 2:
+    if not X86 or fmt not in PIX_FMTS or frame.height % 2 or frame.width * frame.height < MIN_PIXELS:
         return None
     matrix = colour.matrix_of(frame.colorspace)
     if matrix is None:
@@ -67,26 +72,27 @@ class CropTaps:
         self.chroma_rows, self.chroma_cols = self.rows // 2, self.cols // 2
         # Flat (H*W) indices of the taps in the frame kept between calls; HWC like the full path's
         # frame, so the resize sees the same shape, dtype and strides.
-        self.flat = (self.rows[:, None] * width + self.cols[None, :]).reshape(-1)
+        self.flat = torch.from_numpy((self.rows[:, None] * width + self.cols[None, :]).reshape(-1))
         self.frame = torch.full((height, width, 3), fill, dtype=torch.float32)
-        self._pixels = self.frame.numpy().reshape(-1, 3)
+        self._pixels = self.frame.view(-1, 3)
         self.tables = colour.rgb_tables(matrix, full_range)
 
     def rgb(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """swscale's RGB at the taps: (rows, cols, 3) int32, from full planes (H, >=W) etc."""
+        """swscale's RGB at the taps: (rows, cols, 3) float32 (integer values), from the
+        full planes (H, >= W) and (ceil(H/2), >= ceil(W/2))."""
         ys = y.take(self.rows, 0).take(self.cols, 1)
         us = u.take(self.chroma_rows, 0).take(self.chroma_cols, 1)
         vs = v.take(self.chroma_rows, 0).take(self.chroma_cols, 1)
         luma, rv, gu, gv, bu = self.tables
         lum = luma[ys]
         out = np.stack([lum + rv[vs], lum + gu[us] + gv[vs], lum + bu[us]], axis=-1)
-        return np.clip(out, 0, 255, out=out)
+        return np.clip(out, 0, 255, out=out).astype(np.float32)
 
     def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """uint8 (crop_h, crop_w, 3): the preset's resize and crop of the frame these planes hold."""
         import torch
 
-        self._pixels[self.flat] = self.rgb(y, u, v).reshape(-1, 3)
+        self._pixels.index_copy_(0, self.flat, torch.from_numpy(self.rgb(y, u, v).reshape(-1, 3)))
         out = preset_resize_crop(self.frame.permute(2, 0, 1), self.transform.resize, self.transform.crop)
         # torchvision rounds, then casts, when it resizes a uint8 frame through float.
         return np.ascontiguousarray(torch.round(out).to(torch.uint8).permute(1, 2, 0).numpy())

@@ -7,6 +7,7 @@ Dense mode therefore reads each stream once, front to back, and never seeks per 
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections import deque
@@ -100,12 +101,18 @@ class VideoSource:
         cc = self.stream.codec_context
         cc.thread_count = cfg.threads
         cc.thread_type = "AUTO" if cfg.threads != 1 else "SLICE"
+        options = dict(cfg.codec_options)
+        if cfg.skip_loop_filter:
+            options["skip_loop_filter"] = "all"
+        if options:
+            cc.options = options  # read when the decoder opens, at the first packet
         self.transform = FrameTransform.from_preset(cfg.scaler)
         # One reformatter per stream: PyAV's frame.to_ndarray builds a new swscale context per
         # frame (~8 ms at 720p); a shared one caches it. Same pixels.
         self._reformatter = VideoReformatter()
         self._taps: dict[tuple, Optional[CropTaps]] = {}
         self._seen_frame = False
+        self.frames_decoded = 0  # frames the decoder output (skip_frames lowers it)
         self.info = self._probe()
 
     def __enter__(self) -> VideoSource:
@@ -160,18 +167,28 @@ class VideoSource:
             return count / (self.info.fps or 25.0), -1
         return float((pts - self.info.start_pts) * self.info.time_base), pts
 
-    def _frames(self, seek_to: Optional[float]) -> Iterator[tuple[float, int, av.VideoFrame]]:
+    def _frames(self, seek_to: Optional[float], targets: list[float]) -> Iterator[tuple[float, int, av.VideoFrame]]:
         if seek_to is not None and seek_to > 0:
             target = int(seek_to / self.info.time_base) + self.info.start_pts
             self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
-        count = 0
+        cc, mode = self.stream.codec_context, self.cfg.skip_frames
+        skipper = FrameSkipper(targets, self.info.time_base, self.info.start_pts) if mode == "unused" else None
+        count, first_t = 0, None
         try:
-            for frame in self.container.decode(self.stream):
-                if count == 0 and not self._seen_frame:
-                    self._on_first_frame(frame)
-                t, pts = self._seconds(frame, count)
-                count += 1
-                yield t, pts, frame
+            for pkt, known in _lookahead(self.container.demux(self.stream)):
+                if mode != "none":
+                    # NONREF discards the packet's frame only if no other frame references it:
+                    # the frames that are decoded stay bit-exact.
+                    skip = mode == "nonref" or skipper.unused(pkt.pts, known, first_t)
+                    cc.skip_frame = "NONREF" if skip else "DEFAULT"
+                for frame in cc.decode(pkt):
+                    if count == 0 and not self._seen_frame:
+                        self._on_first_frame(frame)
+                    t, pts = self._seconds(frame, count)
+                    count += 1
+                    self.frames_decoded += 1
+                    first_t = t if first_t is None else first_t
+                    yield t, pts, frame
         except av.error.FFmpegError as e:
             raise DecodeError(f"{self.uri}: corrupt stream after {count} frames ({e})", "CorruptStream") from None
 
@@ -220,7 +237,7 @@ class VideoSource:
             seek_to = span_start if span_start > self.cfg.seek_gap_sec else None
             targets = sorted((t, w.index, i) for w in members for i, t in enumerate(w.times))
             ti, prev = 0, None
-            for t, pts, frame in self._frames(seek_to):
+            for t, pts, frame in self._frames(seek_to, [tt[0] for tt in targets]):
                 if t >= window_end - EPS:
                     break
                 cur = [t, pts, frame]
@@ -273,6 +290,51 @@ class VideoSource:
                 f"({emitted} of {planned} clips decodable): truncated file?",
                 "Truncated",
             )
+
+
+LOOKAHEAD = 16  # packets: more than any codec reorders (H.264's DPB holds at most 16 frames)
+
+
+def _lookahead(packets) -> Iterator[tuple[av.Packet, list]]:
+    """Each packet with the timestamps of the packets around it (LOOKAHEAD either side, in
+    decode order): the frame shown after it in presentation order is among them."""
+    window: deque = deque()
+    for pkt in packets:
+        window.append(pkt)
+        if len(window) > 2 * LOOKAHEAD:
+            window.popleft()
+        if len(window) > LOOKAHEAD:
+            yield window[-LOOKAHEAD - 1], [p.pts for p in window]
+    for i in range(max(0, len(window) - LOOKAHEAD), len(window)):
+        yield window[i], [p.pts for p in window]
+
+
+class FrameSkipper:
+    """Which frames of a span no clip shows (decode.skip_frames=unused), from packet timestamps.
+
+    The decode loop shows, at clip time T, the last frame with time <= T + EPS (the first frame
+    of the span for earlier T). A frame at t whose next frame is at t_next is therefore shown
+    for T in [t - EPS, t_next - EPS). A packet is unused when no target falls there, using the
+    next timestamp *known* around it (never earlier than the true next one, so the test can only
+    keep a frame, never drop a shown one), and only once an earlier frame has been output (the
+    first frame also stands in for the times before it).
+    """
+
+    def __init__(self, targets: list[float], time_base: Fraction, start_pts: int):
+        self.targets, self.tb, self.start = sorted(targets), time_base, start_pts
+
+    def unused(self, pts: Optional[int], known: list, first_t: Optional[float]) -> bool:
+        if pts is None or first_t is None:
+            return False
+        later = [q for q in known if q is not None and q > pts]
+        if not later:
+            return False
+        t = float((pts - self.start) * self.tb)
+        if t <= first_t:
+            return False
+        t_next = float((min(later) - self.start) * self.tb)
+        i = bisect.bisect_left(self.targets, t - EPS)
+        return i >= len(self.targets) or self.targets[i] >= t_next - EPS
 
 
 def _assign(slots: dict, target: tuple, frame_rec: list, pixels) -> None:

@@ -31,6 +31,7 @@ def make_video(
     rotation: int = 0,
     pattern: str = "flat",  # flat | noise | moving
     seed: int = 0,
+    options: Optional[dict] = None,  # encoder options instead of the defaults below (e.g. B-frames)
 ) -> Path:
     path = Path(path)
     w, h = size
@@ -41,6 +42,8 @@ def make_video(
         if codec == "libx264":
             lossless = pix_fmt in ("yuv420p", "yuv444p")
             stream.options = {"crf": "0", "preset": "ultrafast", "g": "15"} if lossless else {"preset": "ultrafast"}
+        if options is not None:
+            stream.options = options
         if times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:

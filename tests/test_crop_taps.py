@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from r2p1d_batch import colour
+from r2p1d_batch import colour, crop_taps
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.crop_taps import CropTaps, taps
 from r2p1d_batch.decode import VideoSource
@@ -33,7 +33,7 @@ def test_taps_alone_give_the_full_paths_pixels(w, h, matrix, full_range):
     y = rng.integers(0, 256, (h, w), dtype=np.uint8)
     u, v = (rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2), dtype=np.uint8) for _ in range(2))
     ct = CropTaps(h, w, T, matrix, full_range, fill=float("nan"))
-    ct._pixels[ct.flat] = ct.rgb(y, u, v).reshape(-1, 3)
+    ct._pixels.index_copy_(0, ct.flat, torch.from_numpy(ct.rgb(y, u, v).reshape(-1, 3)))
     from r2p1d_batch.preprocess import preset_resize_crop
 
     raw = preset_resize_crop(ct.frame.permute(2, 0, 1), T.resize, T.crop)
@@ -49,6 +49,18 @@ def test_taps_are_few():
     cols = taps(1920, T.resize[1], *(lambda t: (t, t + T.crop[1]))(T.crop_box()[1]))
     assert 2 * T.crop[0] <= len(rows) <= 2 * T.crop[0] + 8
     assert 2 * T.crop[1] <= len(cols) <= 2 * T.crop[1] + 8
+
+
+@pytest.fixture(autouse=True)
+def taps_on_small_frames(monkeypatch):
+    """The test videos are small: below crop_taps.MIN_PIXELS the job takes the full-frame path."""
+    monkeypatch.setattr(crop_taps, "MIN_PIXELS", 0)
+
+
+def test_small_frames_take_the_full_frame_path(monkeypatch, tmp_path):
+    monkeypatch.setattr(crop_taps, "MIN_PIXELS", 320 * 180 + 1)
+    path = make_yuv_video(tmp_path / "v.mp4", 320, 180, n=75, pattern="noise")
+    assert not any(_clips(path, crop_taps="true")[1].values())
 
 
 def _clips(path, **overrides):
