@@ -131,6 +131,17 @@ def rgb_tables(matrix: str = "bt601", full_range: bool = False):
     return np.stack(_terms(SwsCoeffs.of(matrix, full_range), s, s, s))
 
 
+def rgb_by_tables(tables, y, u, v):
+    """Same-shape uint8 numpy ``y``, ``u``, ``v`` -> int32 (..., 3) RGB in 0..255 through
+    :func:`rgb_tables`: swscale's arithmetic, one lookup per term."""
+    import numpy as np
+
+    luma, rv, gu, gv, bu = tables
+    lum = luma[y]
+    out = np.stack([lum + rv[v], lum + gu[u] + gv[v], lum + bu[u]], axis=-1)
+    return np.clip(out, 0, 255, out=out)
+
+
 def nv12_planes(nv12, height: int, width: int):
     """An NV12 surface (..., >= H*3/2 rows, >= W columns; pitch padding allowed) -> y, u, v views."""
     y = nv12[..., :height, :width]

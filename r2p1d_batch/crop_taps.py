@@ -83,10 +83,7 @@ class CropTaps:
         ys = y.take(self.rows, 0).take(self.cols, 1)
         us = u.take(self.chroma_rows, 0).take(self.chroma_cols, 1)
         vs = v.take(self.chroma_rows, 0).take(self.chroma_cols, 1)
-        luma, rv, gu, gv, bu = self.tables
-        lum = luma[ys]
-        out = np.stack([lum + rv[vs], lum + gu[us] + gv[vs], lum + bu[us]], axis=-1)
-        return np.clip(out, 0, 255, out=out).astype(np.float32)
+        return colour.rgb_by_tables(self.tables, ys, us, vs).astype(np.float32)
 
     def __call__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """uint8 (crop_h, crop_w, 3): the preset's resize and crop of the frame these planes hold."""
