@@ -88,22 +88,23 @@ class NvdecConfig(_Section):
 class DecodeConfig(_Section):
     # exact: torch bilinear without antialias, identical to the torchvision preset;
     # cv2: OpenCV INTER_LINEAR on uint8, within 1 grey level of the preset and ~100x cheaper;
-    # swscale: FFmpeg converts and scales in one pass at the small size (fastest; different
-    # pixels, see docs/bench.md for how often it changes the top-1 label).
+    # swscale: FFmpeg converts and scales in one pass at the small size (other pixels, outside
+    # the fidelity budget; docs/bench.md).
     scaler: Literal["exact", "cv2", "swscale"] = "exact"
     threads: int = Field(1, ge=0, le=64)  # FFmpeg decoder threads per task (0 = FFmpeg picks)
-    # exact scaler: convert and resize only the source pixels the model's crop reads
-    # (crop_taps.py). Same pixels as converting the whole frame, 2-3x less work after decoding.
+    # exact scaler, frames of 1.2 MP and more: convert and resize only the source pixels the
+    # model's crop reads (crop_taps.py): the same pixels, 1.6x (1080p) to 12x (2160p) cheaper.
     crop_taps: bool = True
     # Frames not decoded at all (a non-reference frame is one no other frame is predicted from):
     # unused: the non-reference frames no clip shows (same pixels, times and clip_sha as none);
     # nonref: every non-reference frame, a clip then shows the frame before (timestamps shift:
     # measured by `r2p1d bench --only levers`); none: decode every frame.
     skip_frames: Literal["none", "unused", "nonref"] = "unused"
-    # Lossy: skip the in-loop deblocking filter (H.264/HEVC): ~20 % less decode time; its
-    # artefacts mostly vanish in the model's 8x downscale. Pixel change against the fidelity
-    # budget in README "Cheaper decode"; configs/cluster.yaml turns it on.
-    skip_loop_filter: bool = False
+    # Lossy: skip H.264/HEVC's in-loop deblocking filter (~20 % less decoding) for videos whose
+    # shorter side is at least this many pixels (null: never, 0: always). Its artefacts mostly
+    # vanish in the model's downscale: inside the fidelity budget from 720 px (5.6x) up, not at
+    # 360 px (README "Cheaper decode"). configs/cluster.yaml sets 720.
+    skip_loop_filter_min_side: Optional[int] = Field(None, ge=0)
     # FFmpeg decoder options (AVOptions), for what the switches above do not cover, e.g.
     # {flags2: "+fast"}. Unknown names are ignored by FFmpeg.
     codec_options: dict[str, str] = {}

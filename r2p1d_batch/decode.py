@@ -101,11 +101,6 @@ class VideoSource:
         cc = self.stream.codec_context
         cc.thread_count = cfg.threads
         cc.thread_type = "AUTO" if cfg.threads != 1 else "SLICE"
-        options = dict(cfg.codec_options)
-        if cfg.skip_loop_filter:
-            options["skip_loop_filter"] = "all"
-        if options:
-            cc.options = options  # read when the decoder opens, at the first packet
         self.transform = FrameTransform.from_preset(cfg.scaler)
         # One reformatter per stream: PyAV's frame.to_ndarray builds a new swscale context per
         # frame (~8 ms at 720p); a shared one caches it. Same pixels.
@@ -114,6 +109,12 @@ class VideoSource:
         self._seen_frame = False
         self.frames_decoded = 0  # frames the decoder output (skip_frames lowers it)
         self.info = self._probe()
+        options = dict(cfg.codec_options)
+        if cfg.skip_loop_filter_min_side is not None and min(cc.width, cc.height) >= cfg.skip_loop_filter_min_side:
+            options["skip_loop_filter"] = "all"
+        self.skips_loop_filter = "skip_loop_filter" in options
+        if options:
+            cc.options = options  # read when the decoder opens, at the first packet
 
     def __enter__(self) -> VideoSource:
         return self

@@ -14,6 +14,7 @@ import pytest
 from r2p1d_batch import config
 from r2p1d_batch.bench.decode import ffmpeg_cmd
 from r2p1d_batch.bench.e2e import pipeline_row
+from r2p1d_batch.bench.levers import BEFORE, LEVERS
 from r2p1d_batch.bench.report import format_report, format_table, ratio
 from r2p1d_batch.bench.roofline import model_gflop_per_clip, needed_note, sgemm_gflops
 from r2p1d_batch.decode import VideoSource
@@ -75,7 +76,7 @@ def test_pipeline_row_against_stages_and_naive_bound():
 def test_bench_tiny_smoke(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny",
-                        "--only", "decode", "--only", "sparse", "--only", "model",
+                        "--only", "decode", "--only", "sparse", "--only", "model", "--only", "levers",
                         "--inputs", str(tmp_path / "in"), "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -95,6 +96,16 @@ def test_bench_tiny_smoke(tmp_path):
     assert roof["runtime"].startswith("roofline") and roof["gflops"] > 0 and roof["pct_of_sgemm_peak"] == 100.0
     assert any("2x eager would need" in n for n in model["notes"])
     assert all(sec["wall_s"] > 0 for sec in res["sections"].values())
+    levers = {x["setting"]: x for x in res["sections"]["levers"]["rows"]}
+    assert set(levers) == {"codec (CRF 23) vs its source", *LEVERS}
+    assert levers[BEFORE]["speedup"] == 1.0 and levers[BEFORE]["psnr_db"] is None
+    default = levers["exact (defaults: crop taps, skip unused frames)"]
+    assert default["max_abs"] == 0 and default["in_budget"]
+    assert default["frames_decoded"] < levers[BEFORE]["frames_decoded"]
+    nonref = levers["exact + skip_frames=nonref"]
+    assert nonref["max_shift_ms"] > 0 and not nonref["in_budget"]
+    assert levers["configs/cluster.yaml"]["in_budget"] and levers["cv2"]["max_abs"] <= 1
+    assert all(x["clips_per_s_per_core"] > 0 for k, x in levers.items() if k in LEVERS)
 
 
 def _clips(path, scaler):

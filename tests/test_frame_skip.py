@@ -28,6 +28,8 @@ SAMPLING = {
     "dense-10fps-sparse": ["sampling.mode=dense", "sampling.fps=10", "sampling.stride_sec=3", "sampling.clip_len=8"],
     "uniform": ["sampling.mode=uniform", "sampling.num_clips=3", "sampling.clip_len=8", "decode.seek_gap_sec=0"],
     "zoo": ["sampling.mode=zoo"],
+    # FFmpeg frame threads: the switch is copied to each worker with its packet
+    "dense-15fps-threads": ["sampling.mode=dense", "sampling.fps=15", "sampling.stride_sec=1", "decode.threads=3"],
 }
 
 

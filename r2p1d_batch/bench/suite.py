@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from . import inputs
 from .report import format_report, machine, write_json
 
-SECTIONS = ["decode", "sparse", "fidelity", "model", "e2e", "memory", "overhead", "node"]
+SECTIONS = ["decode", "sparse", "fidelity", "levers", "model", "e2e", "memory", "overhead", "node"]
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,25 @@ class Mode:
     overhead_repeats: int = 1  # best of this many, pipeline and bare interleaved
     node_seconds: int = 60  # node section (GPU node only): 60-s videos ...
     node_copies: int = 16  # ... this many per run and resolution
+    levers_videos: tuple[tuple[str, int], ...] = ()  # decode levers: (kind, seconds) per resolution
+    levers_repeats: int = 1
 
 
 MODES = {
     "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0,
-                 overhead_rows=20, node_seconds=4, node_copies=2),
+                 overhead_rows=20, node_seconds=4, node_copies=2,
+                 levers_videos=(("360p", 4),)),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
     # cluster: on 2 cores they equal configs/cpu.yaml; another profile's rows cost ~65 s more).
     "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
                   (("360p", 20),) * 4, 2.0, (None,), (("1080p", 60), ("1080p", 1800)), 60.0,
-                  overhead_rows=1000, node_seconds=60, node_copies=8),
+                  overhead_rows=1000, node_seconds=60, node_copies=8,
+                  levers_videos=(("360p", 20), ("720p", 20), ("1080p", 20)), levers_repeats=3),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
-                 (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2),
+                 (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2,
+                 levers_videos=(("360p", 60), ("720p", 60), ("1080p", 60)), levers_repeats=3),
 }
 
 
@@ -86,6 +91,11 @@ def run_suite(mode: str, sections: list[str], *, threads: int = 1, weights: str 
         section("fidelity", rows, ["vs the exact (preset) path on the same clips; top1_changed is the share of "
                                    "clips whose top-1 label differs (random weights: an upper bound, "
                                    "near-uniform scores flip easily)"])
+    if "levers" in sections and m.levers_videos:
+        from .levers import lever_rows
+
+        rows, notes = lever_rows({k: vid((k, s)) for k, s in m.levers_videos}, m.levers_repeats)
+        section("levers", rows, notes)
     if "model" in sections:
         from .model import runtime_rows
 
