@@ -132,12 +132,16 @@ class DecodeStage:
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         buf: list[dict] = []
+        clips = 0
         ledger = CrashLedger(self.run_id)
         for row in batch.to_pylist():
             for out in decode_video(row, self.cfg, ledger, self.gpu):
                 buf.append(out)
-                if len(buf) >= self.cfg.decode.clips_per_block:
+                # Only clips fill a block (588 KiB each); video rows are a few hundred bytes and
+                # ride along, so a task of error rows sends one block, not one per 8 rows.
+                clips += out["kind"] == "clip"
+                if clips >= self.cfg.decode.clips_per_block:
                     yield _table(buf, schema.DECODED)
-                    buf = []
+                    buf, clips = [], 0
         if buf:
             yield _table(buf, schema.DECODED)

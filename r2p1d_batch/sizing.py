@@ -27,7 +27,9 @@ MAX_ACTOR_THREADS = 8  # threads per ONNX Runtime actor; past that, more actors
 
 # Decode input blocks: one per video costs a Ray task per video (the per-video overhead of a
 # manifest of short or failing videos); many videos per block leave cores idle at the tail.
-ROWS_PER_BLOCK_MAX = 16
+# 64, not 16: a task costs Ray ~0.2-0.3 s here, and 5,000 failing rows ran in 33 s instead of
+# ~40 (docs/bench.md); the tail is still bounded by BLOCKS_PER_SLOT.
+ROWS_PER_BLOCK_MAX = 64
 BLOCKS_PER_SLOT = 8  # each decode slot gets at least this many blocks: the tail is <= 1/8 of its work
 MAX_BLOCKS = 4096
 

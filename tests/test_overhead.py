@@ -22,7 +22,7 @@ from synth import make_video
     (0, 4, 1), (1, 4, 1), (5, 1, 5),  # never more blocks than rows
     (100, 15, 100),  # few rows per slot: one video per block, as before
     (1000, 15, 120),  # 8 blocks per slot (~8 videos each)
-    (5000, 1, 313),  # at most 16 rows per block: 313 tasks, not 4096
+    (5000, 1, 79),  # at most 64 rows per block: 79 tasks, not 4096
     (10**6, 15, MAX_BLOCKS),  # capped (244 rows per block)
 ])
 def test_decode_blocks(rows, slots, blocks):
@@ -34,8 +34,8 @@ def test_decode_blocks(rows, slots, blocks):
 
 
 def test_missing_file_rows_never_import_torch(tmp_path):
-    """A block of rows that fail their stat: one error row each, in blocks of at most
-    clips_per_block rows, and the worker never imports torch (or opens FFmpeg)."""
+    """A block of rows that fail their stat: one error row each, all in one output block (only
+    clips fill blocks; video rows ride along), and the worker never imports torch (or FFmpeg)."""
     code = f"""
 import json, sys
 import pyarrow as pa
@@ -54,7 +54,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "sizes": [b.num_rows for b i
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["torch"] is False
-    assert got["sizes"] == [8, 8, 4]
+    assert got["sizes"] == [20]
     assert got["rows"] == [[f"m{i}", "video", "error", "NotFound"] for i in range(20)]
 
 
@@ -109,9 +109,10 @@ def test_overhead_section_runs_both_pipelines(ray_local):
     from r2p1d_batch.bench.overhead import overhead_rows
 
     rows, notes = overhead_rows(40, 1, ["model.weights=random"])
-    bare, ours = rows
-    assert bare["rows"] == ours["rows"] == 40 and bare["seconds"] > 0 and ours["seconds"] > 0
-    assert ours["vs_bare"] == pytest.approx(bare["seconds"] / ours["seconds"])
+    fused, two_ops, ours = rows
+    assert fused["rows"] == two_ops["rows"] == ours["rows"] == 40 and all(r["seconds"] > 0 for r in rows)
+    assert ours["vs_fused"] == pytest.approx(fused["seconds"] / ours["seconds"])
+    assert ours["vs_two_operators"] == pytest.approx(two_ops["seconds"] / ours["seconds"])
     assert "'NotFound': 40" in notes[0]
     assert ray_local.is_initialized()
 
