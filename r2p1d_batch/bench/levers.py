@@ -68,10 +68,13 @@ def codec_row(kind: str, path: Path, frames: int = 60) -> dict:
 
 
 def lever_rows(videos: dict[str, Path], repeats: int) -> tuple[list[dict], list[str]]:
+    """Rows for each video (name -> path: the bench's 360p/720p/1080p, or any video file) and
+    each setting in LEVERS."""
     rows = []
     with torch_threads(1):  # one decode task's thread, as in the job
         for kind, path in videos.items():
-            rows.append(codec_row(kind, path))
+            if kind in inputs.SIZES:  # the bench's own videos: their source frames are known
+                rows.append(codec_row(kind, path))
             for warm in ([], ["decode.scaler=cv2"]):  # imports and first-call costs, outside the timing
                 _decode(path, warm)
             # Round robin, not one setting's repeats back to back: a slow spell on a shared
