@@ -100,7 +100,7 @@ class DecodeConfig(_Section):
     # nonref: every non-reference frame, a clip then shows the frame before (timestamps shift:
     # measured by `r2p1d bench --only levers`); none: decode every frame.
     skip_frames: Literal["none", "unused", "nonref"] = "unused"
-    # Lossy: skip H.264/HEVC's in-loop deblocking filter (~20 % less decoding) for videos whose
+    # Lossy: skip H.264/HEVC's in-loop deblocking filter (12-27 % less decoding) for videos whose
     # shorter side is at least this many pixels (null: never, 0: always). Its artefacts mostly
     # vanish in the model's downscale: inside the fidelity budget from 720 px (5.6x) up, not at
     # 360 px (README "Cheaper decode"). configs/cluster.yaml sets 720.
