@@ -69,9 +69,10 @@ def test_label_command_per_decoder(tmp_path):
         sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
         cfg = config.load("cluster", sets)  # every command line is a valid config
         assert cfg.model.weights == "random" and "--force" in cmd
-        want = {"cpu-exact": ("cpu", "exact"), "cpu-cv2": ("cpu", "cv2"), "nvdec": ("cuda", "exact"),
-                "hybrid": ("cuda", "exact")}[decoder]
-        assert (cfg.decode.device, cfg.decode.scaler) == want
+        want = {"cpu-exact": ("cpu", "exact", None), "cpu-cv2": ("cpu", "cv2", None),
+                "cpu-cluster": ("cpu", "cv2", 720), "nvdec": ("cuda", "exact", None),
+                "hybrid": ("cuda", "exact", None)}[decoder]
+        assert (cfg.decode.device, cfg.decode.scaler, cfg.decode.skip_loop_filter_min_side) == want
     assert config.load("cluster", list(DECODERS["nvdec"])).decode.nvdec.share == 1.0
 
 

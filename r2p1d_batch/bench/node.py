@@ -25,11 +25,15 @@ from . import inputs
 
 RESOLUTIONS = ("360p", "720p", "1080p")
 # decoder setting -> --set overrides of jobs/label.py (on top of --config cluster)
+# The exact rows undo cluster.yaml's lossy CPU decode (cv2, no deblocking from 720 px): the NVDEC
+# lane gives the exact path's pixels, and a run must not mix the two paths.
+EXACT = ["decode.scaler=exact", "decode.skip_loop_filter_min_side=null"]
 DECODERS: dict[str, list[str]] = {
-    "cpu-exact": ["decode.device=cpu", "decode.scaler=exact"],
-    "cpu-cv2": ["decode.device=cpu", "decode.scaler=cv2"],
-    "nvdec": ["decode.device=cuda", "decode.nvdec.share=1.0"],
-    "hybrid": ["decode.device=cuda"],  # decode.nvdec.share from the config: the knob to tune here
+    "cpu-exact": ["decode.device=cpu", *EXACT],
+    "cpu-cv2": ["decode.device=cpu", "decode.scaler=cv2", "decode.skip_loop_filter_min_side=null"],
+    "cpu-cluster": ["decode.device=cpu"],  # configs/cluster.yaml's decode as shipped
+    "nvdec": ["decode.device=cuda", "decode.nvdec.share=1.0", *EXACT],
+    "hybrid": ["decode.device=cuda", *EXACT],  # decode.nvdec.share from the config: the knob to tune here
 }
 ROW_KEYS = ("resolution", "decoder", "steady_clips_per_sec", "clips_per_sec", "gpu_busy_pct", "nvdec_busy_pct",
             "max_abs_px_vs_cpu", "mean_abs_px_vs_cpu")
