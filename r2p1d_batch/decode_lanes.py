@@ -27,7 +27,16 @@ from typing import Optional
 from . import colour
 from .decode import VideoSource
 from .decode_stage import DecodeStage
-from .decoder_choice import CPU, NVDEC, Availability, StreamFacts, choose, nvdec_available, resolve_device
+from .decoder_choice import (
+    CPU,
+    NVDEC,
+    Availability,
+    StreamFacts,
+    choose,
+    lossy_cpu_settings,
+    nvdec_available,
+    resolve_device,
+)
 from .sampling import ClipWindow
 
 log = logging.getLogger("r2p1d_batch")
@@ -130,7 +139,13 @@ def resolve(cfg) -> str:
     """``decode.device`` for this run on this cluster: ``cpu`` or ``cuda`` (raises DecodeDeviceError)."""
     if cfg.decode.device == "cpu":
         return "cpu"
-    return resolve_device(cfg.decode.device, cluster_gpus(), probe_gpu_node)
+    device = resolve_device(cfg.decode.device, cluster_gpus(), probe_gpu_node)
+    lossy = lossy_cpu_settings(cfg.decode) if device == "cuda" else []
+    if lossy:
+        log.warning("NVDEC lane on, with %s on the CPU lane: this run mixes two pixel paths (NVDEC gives the "
+                    "exact path's); set decode.scaler=exact and decode.skip_loop_filter_min_side=null",
+                    ", ".join(lossy))
+    return device
 
 
 def split_rows(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:

@@ -95,6 +95,17 @@ def choose(f: StreamFacts) -> Choice:
     return Choice(NVDEC)
 
 
+def lossy_cpu_settings(decode) -> list[str]:
+    """The CPU lane's settings (a DecodeConfig) whose pixels or frames the NVDEC lane, which
+    gives the exact path's, does not reproduce: a run with both mixes two pixel paths."""
+    out = [f"decode.scaler={decode.scaler}"] if decode.scaler != "exact" else []
+    if decode.skip_loop_filter_min_side is not None:
+        out.append(f"decode.skip_loop_filter_min_side={decode.skip_loop_filter_min_side}")
+    if decode.skip_frames == "nonref":
+        out.append("decode.skip_frames=nonref")
+    return out
+
+
 # -- NVDEC on this node ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Availability:

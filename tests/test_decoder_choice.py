@@ -118,3 +118,16 @@ def test_resolve_device(caplog):
     assert resolve_device("auto", 1, bad) == "cpu"
     assert resolve_device("auto", 1, lambda: Availability(True, "", "PyNvVideoCodec")) == "cuda"
     assert resolve_device("cuda", 2, lambda: Availability(True, "", "torchcodec")) == "cuda"
+
+
+def test_lossy_cpu_settings_named_for_the_nvdec_warning():
+    """NVDEC gives the exact path's pixels: the CPU lane's lossy settings are named, the exact
+    ones (the defaults, skip_frames=unused included) are not."""
+    from r2p1d_batch import config as config_mod
+    from r2p1d_batch.decoder_choice import lossy_cpu_settings
+
+    assert lossy_cpu_settings(config_mod.load().decode) == []
+    cluster = config_mod.load(config_mod.CONFIG_DIR / "cluster.yaml").decode
+    assert lossy_cpu_settings(cluster) == ["decode.scaler=cv2", "decode.skip_loop_filter_min_side=720"]
+    nonref = config_mod.load(None, ["decode.skip_frames=nonref"]).decode
+    assert lossy_cpu_settings(nonref) == ["decode.skip_frames=nonref"]
