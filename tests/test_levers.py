@@ -48,3 +48,12 @@ def test_cluster_decode_setting_is_inside_the_budget(tmp_path):
     figs = pixel_figures(exact, got) | shift_figures(t_exact, t_got)
     assert figs["max_shift_ms"] == 0 and figs["max_abs"] > 1  # lossy, but the same frames
     assert within(figs), figs
+
+
+def test_codec_options_reach_ffmpegs_decoder(lossy):
+    """decode.codec_options are FFmpeg decoder options: skip_loop_filter through them gives the
+    same pixels as the named switch, and other pixels than the default."""
+    exact, _, _ = _clips(lossy, config_mod.load())
+    via_options, _, _ = _clips(lossy, config_mod.load(None, ["decode.codec_options={skip_loop_filter: all}"]))
+    via_switch, _, _ = _clips(lossy, config_mod.load(None, ["decode.skip_loop_filter_min_side=0"]))
+    assert np.array_equal(via_options, via_switch) and not np.array_equal(via_options, exact)
