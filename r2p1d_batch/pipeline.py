@@ -17,41 +17,34 @@ import pyarrow as pa
 import ray
 from ray.data.exceptions import ExecutionTimeoutError
 
-from . import commit, incremental, sizing
-from .classify_stage import ClassifierActor
+from .classifying.model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
+from .classifying.stage import ClassifierActor
 from .config import Config
-from .decode_lanes import nvdec_lane, resolve, split_rows
-from .decode_stage import DecodeStage
+from .decoding.faults import TEST_HOOKS_ENV, hook_target
+from .decoding.lanes import NvdecDecodeStage, split_rows
+from .decoding.lanes import decode_device as decode_device_for
+from .decoding.sampling import sampling_id
+from .decoding.stage import DecodeStage
 from .errors import ServiceError
-from .faults import TEST_HOOKS_ENV, hook_target
-from .manifest import read_manifest
-from .model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
-from .placement import (
+from .planning import sizing
+from .planning.manifest import read_manifest
+from .planning.placement import (
+    actor_pool,
     check_two_stages,
     classifier_bundle,
     classifier_hosts,
     largest_classifier_node_cpus,
     stage_args,
+    task_pool,
 )
-from .sampling import sampling_id
+from .runs import commit, incremental
+from .runs.summary import RunSummary
+from .runs.writer import RunWriter
 from .storage import aws_env, filesystem
-from .storage import resolve as resolve_storage
-from .summary import RunSummary
-from .writer import RunWriter
+from .storage import with_env as storage_with_env
 
 log = logging.getLogger("r2p1d_batch")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def task_pool(concurrency) -> ray.data.TaskPoolStrategy:
-    size = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-    return ray.data.TaskPoolStrategy(size=size)
-
-
-def actor_pool(concurrency) -> ray.data.ActorPoolStrategy:
-    if isinstance(concurrency, tuple):
-        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    return ray.data.ActorPoolStrategy(size=concurrency or 1)
 
 
 def new_run_id() -> str:
@@ -142,7 +135,7 @@ def plan(cfg: Config, manifest: pa.Table, weights: str) -> tuple[pa.Table, dict[
 def label(cfg: Config) -> RunSummary:
     t0 = time.perf_counter()
     # Storage settings resolved here (config, else AWS env) travel to the workers inside cfg.
-    cfg = cfg.model_copy(update={"storage": resolve_storage(cfg.storage)})
+    cfg = cfg.model_copy(update={"storage": storage_with_env(cfg.storage)})
     # Stage 0 (driver): validate manifest and weights; a bad input stops here, nothing half-run.
     manifest = read_manifest(cfg.manifest, cfg.storage)
     check_weights(cfg)
@@ -214,7 +207,7 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     _configure_data(cfg)
     # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
     # (an NVDEC lane beside it, decode_lanes.py). `cuda` without a usable GPU stops here (exit 2).
-    decode_device = resolve(cfg)
+    decode_device = decode_device_for(cfg)
     if summary is not None:
         summary.decode_device = decode_device
 
@@ -259,3 +252,18 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     # done (the last two together), which held rows back and skewed RunSummary.first_clip_sec;
     # the blocks are labels only, so prefetching bought nothing (same wall time, measured).
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def nvdec_lane(ds: ray.data.Dataset, cfg: Config, run_id: str, runtime_env: dict | None) -> ray.data.Dataset:
+    """The NVDEC lane's stage on ``ds`` (manifest rows): an actor pool with a GPU fraction each."""
+    n = cfg.decode.nvdec
+    return ds.map_batches(
+        NvdecDecodeStage,
+        fn_constructor_args=(cfg, run_id),
+        runtime_env=runtime_env,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=n.num_cpus,
+        num_gpus=n.num_gpus,
+        compute=actor_pool(n.concurrency),  # Ray's own retry defaults, as for the other stages (planning/placement.py)
+    )

@@ -4,7 +4,7 @@ Everything that opens a manifest, a video, a checkpoint or an output file goes t
 so one place knows about endpoints, credentials, retries, read-ahead and fingerprints.
 
 S3 in one paragraph: endpoint/region/profile come from ``storage.*`` or the standard AWS
-environment and are resolved once on the driver (``resolve``), so they travel to every Ray
+environment and are resolved once on the driver (``with_env``), so they travel to every Ray
 worker inside the config; credentials are never put in the config: botocore finds them in
 the environment (``AWS_ACCESS_KEY_ID``...), a profile, or the instance/pod role, and the job
 passes the driver's AWS_* variables to its workers through the runtime_env (``aws_env``).
@@ -37,7 +37,7 @@ def _protocol(uri: str) -> str:
     return fsspec.core.split_protocol(uri)[0] or "file"
 
 
-def resolve(cfg: Optional[StorageConfig] = None, env: Optional[dict] = None) -> StorageConfig:
+def with_env(cfg: Optional[StorageConfig] = None, env: Optional[dict] = None) -> StorageConfig:
     """``cfg`` with endpoint, region and profile filled in from the AWS environment.
 
     Done once on the driver: the result travels to the workers inside the run config, so a
@@ -62,7 +62,7 @@ def storage_options(uri: str, cfg: Optional[StorageConfig] = None) -> dict[str, 
     """fsspec options for ``uri``: endpoint/region/profile/anon, retries and read-ahead."""
     if _protocol(uri) not in S3_PROTOCOLS:
         return {}
-    cfg = resolve(cfg)
+    cfg = with_env(cfg)
     client_kwargs: dict[str, Any] = {}
     if cfg.endpoint_url:
         client_kwargs["endpoint_url"] = cfg.endpoint_url

@@ -1,30 +1,16 @@
-"""Shared fixtures: synthetic videos and one local Ray for in-process pipeline tests."""
+"""Shared fixtures: one local Ray for in-process pipeline tests, job environments, the ONNX cache.
+Helpers live in tests/helpers/ (no test imports another test file)."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from synth import ...`
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+from tests.helpers.local_ray import init_local_ray
 
-
-def init_local_ray():
-    """The session's small local Ray (2 CPUs, small object store), started if not running."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            address="local",  # our own, even when a `ray start` cluster runs on this machine
-            num_cpus=2,
-            object_store_memory=300 * 2**20,
-            include_dashboard=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-            log_to_driver=False,
-        )
-    return ray
+# Fixtures defined with the helpers they belong to (moto's S3 server and its fault proxy).
+pytest_plugins = ["tests.helpers.s3"]
 
 
 @pytest.fixture(scope="session")

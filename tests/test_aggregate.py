@@ -2,7 +2,7 @@
 video-level top-k. No disk, no threads, no Ray."""
 import numpy as np
 
-from r2p1d_batch.aggregate import VideoAssembler
+from r2p1d_batch.runs.aggregate import VideoAssembler
 
 LABELS = np.array([f"class{i}" for i in range(6)], dtype=object)
 

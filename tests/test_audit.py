@@ -1,7 +1,7 @@
 """Device consistency audit: metrics and sampling on known arrays; the onnxruntime, replay
 and qai-hub backends end to end on a small output made by the real labeling job.
 
-The qai-hub test runs the real qai_hub client against tests/hub_emulator.py on 127.0.0.1.
+The qai-hub test runs the real qai_hub client against tests/helpers/hub_emulator.py on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import pytest
 from r2p1d_batch.audit import metrics
 from r2p1d_batch.audit.sample import stratified_sample
 
-from outputs import label_cli
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.outputs import label_cli
+from tests.helpers.videos import make_video
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = "Samsung Galaxy S24 (Family)"
 
 
@@ -87,7 +87,7 @@ def test_exact_resize_does_not_depend_on_thread_count():
     """clip_sha must match between a 1-thread Ray decode task and a multi-thread audit."""
     import torch
 
-    from r2p1d_batch.preprocess import resize_exact
+    from r2p1d_batch.decoding.preprocess import resize_exact
 
     img = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     before = torch.get_num_threads()
@@ -306,7 +306,7 @@ def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, mo
     assert len(hub.jobs_of_kind("inference_job")) == 3  # 2 chunks + the profile job
 
     # `r2p1d export`'s device path (compile + profile job) on the graph the audit exported.
-    from r2p1d_batch.export_measure import on_device
+    from r2p1d_batch.audit.export_measure import on_device
 
     graph = next((labeled["cache"] / "onnx").glob("*.onnx"))
     res = on_device(graph, DEVICE, "qnn")

@@ -1,7 +1,7 @@
 """HubBackend against the real qai_hub client and a local AI Hub emulator.
 
 Nothing here mocks the client: `qai_hub` 0.56 sends real HTTP requests to
-tests/hub_emulator.py on 127.0.0.1, which runs the uploaded ONNX graph with
+tests/helpers/hub_emulator.py on 127.0.0.1, which runs the uploaded ONNX graph with
 ONNX Runtime. The only client setting touched is its retry back-off factor, so
 that the client's own retries on 429 take milliseconds instead of ~30 s.
 """
@@ -30,7 +30,7 @@ from r2p1d_batch.audit.hub import (
     export_onnx,
 )
 
-from tests.hub_emulator import HubEmulator
+from tests.helpers.hub_emulator import HubEmulator
 
 DEVICE = "Samsung Galaxy S24 (Family)"
 

@@ -13,10 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from outputs import label_cli
-from test_colour import make_yuv_video
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.outputs import label_cli
+from tests.helpers.videos import make_yuv_video
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +14,14 @@ from r2p1d_batch import config
 from r2p1d_batch.bench.decode import ffmpeg_cmd
 from r2p1d_batch.bench.e2e import pipeline_row
 from r2p1d_batch.bench.levers import BEFORE, LEVERS
-from r2p1d_batch.bench.report import format_report, format_table, ratio
+from r2p1d_batch.bench.output import format_report, format_table, ratio
 from r2p1d_batch.bench.roofline import model_gflop_per_clip, needed_note, sgemm_gflops
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.sampling import plan_clips
-from r2p1d_batch.summary import RunSummary
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
+from r2p1d_batch.runs.summary import RunSummary
 
-from tests.synth import make_video
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO as ROOT
+from tests.helpers.videos import make_video
 
 
 def test_ffmpeg_cmd_full_size_and_scaled():
@@ -130,7 +128,7 @@ def test_exact_path_matches_preset(tmp_path):
     import av
     import torch
 
-    from r2p1d_batch.preprocess import preset, torch_threads
+    from r2p1d_batch.decoding.preprocess import preset, torch_threads
 
     p = make_video(tmp_path / "n.mp4", n_frames=20, fps=15, size=(200, 150), pattern="noise")
     clip = _clips(p, "exact")[0]

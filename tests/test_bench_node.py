@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 
@@ -21,7 +20,7 @@ from r2p1d_batch.bench.node import (
     parse_dmon,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO as ROOT
 
 DMON = """\
 # gpu     sm    mem    enc    dec    jpg    ofa

@@ -5,28 +5,16 @@ import pyarrow as pa
 import pytest
 
 from r2p1d_batch import config, schema
-from r2p1d_batch.classify_stage import ClassifierActor, clip_pixels
+from r2p1d_batch.classifying.stage import ClassifierActor, clip_pixels
+
+from tests.helpers.videos import decoded_table
 
 SHAPE = (16, 112, 112, 3)
 
 
-def _decoded(kinds: str, seed: int = 0) -> tuple[pa.Table, list[np.ndarray]]:
-    """A DECODED table with a row per letter: c = clip (random pixels), v = video row (no frames)."""
-    rng = np.random.default_rng(seed)
-    clips = [rng.integers(0, 256, SHAPE, dtype=np.uint8) for k in kinds if k == "c"]
-    it = iter(clips)
-    cols = {f.name: [None] * len(kinds) for f in schema.DECODED}
-    cols["kind"] = ["clip" if k == "c" else "video" for k in kinds]
-    cols["video_id"] = [f"v{i}" for i in range(len(kinds))]
-    cols["uri"] = ["file.mp4"] * len(kinds)
-    cols["clip_index"] = list(range(len(kinds)))
-    cols["frames"] = [next(it).tobytes() if k == "c" else None for k in kinds]
-    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema.DECODED}, schema=schema.DECODED), clips
-
-
 def test_clip_pixels_are_the_clip_rows_in_order_across_chunks_and_slices():
-    a, ca = _decoded("ccvc", 1)
-    b, cb = _decoded("vcc", 2)
+    a, ca = decoded_table("ccvc", 1)
+    b, cb = decoded_table("vcc", 2)
     table = pa.concat_tables([a, b])
     assert table.column("frames").num_chunks == 2
     got = clip_pixels(table.column("frames"), SHAPE)
@@ -38,14 +26,14 @@ def test_clip_pixels_are_the_clip_rows_in_order_across_chunks_and_slices():
 
 
 def test_clip_pixels_of_a_single_chunk_are_a_view_not_a_copy():
-    t, _ = _decoded("cvc")
+    t, _ = decoded_table("cvc")
     frames = t.column("frames").chunk(0)
     got = clip_pixels(frames, SHAPE)
     assert not got.flags.owndata and got.ctypes.data == frames.buffers()[2].address
 
 
 def test_clip_pixels_names_the_row_of_a_clip_with_the_wrong_size():
-    t, _ = _decoded("cc")
+    t, _ = decoded_table("cc")
     bad = t.set_column(t.schema.get_field_index("frames"), "frames",
                        pa.array([t.column("frames")[0].as_py(), b"\x00" * 10], pa.binary()))
     with pytest.raises(ValueError, match=r"row 1: clip of 10 bytes"):
@@ -55,8 +43,8 @@ def test_clip_pixels_names_the_row_of_a_clip_with_the_wrong_size():
 def test_classifier_actor_scores_clip_rows_and_passes_video_rows():
     cfg = config.load(None, ["model.weights=random", "model.runtime=torch", "model.device=cpu"])
     actor = ClassifierActor(cfg)
-    a, ca = _decoded("cvc", 3)
-    b, cb = _decoded("c", 4)
+    a, ca = decoded_table("cvc", 3)
+    b, cb = decoded_table("c", 4)
     out = actor(pa.concat_tables([a, b]))
     assert out.schema == schema.LABELED
     kinds, labels = out.column("kind").to_pylist(), out.column("label_id").to_pylist()

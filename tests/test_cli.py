@@ -16,9 +16,9 @@ from r2p1d_batch.audit.hub import HubError
 from r2p1d_batch.cli import COMMANDS, build_parser
 from r2p1d_batch.errors import ServiceError, UserError
 
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
-REPO = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ["label", "query", "report", "audit", "export", "bench", "demo", "sample", "fetch-weights"]
 
 
@@ -82,11 +82,11 @@ def test_the_installed_package_ships_its_configs_and_runs_a_job(installed, tmp_p
 
 def test_one_user_error_type_carries_the_exit_code():
     from r2p1d_batch.audit.errors import AuditError
-    from r2p1d_batch.commit import RunInProgressError
+    from r2p1d_batch.classifying.model import WeightsError
     from r2p1d_batch.config import ConfigError
-    from r2p1d_batch.manifest import ManifestError
-    from r2p1d_batch.model import WeightsError
+    from r2p1d_batch.planning.manifest import ManifestError
     from r2p1d_batch.query import NoCommittedRuns, ReportError
+    from r2p1d_batch.runs.commit import RunInProgressError
 
     for cls in (AuditError, RunInProgressError, ConfigError, ManifestError, WeightsError, NoCommittedRuns,
                 ReportError):

@@ -10,52 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from r2p1d_batch import colour
-from r2p1d_batch.preprocess import FrameTransform, resize_crop_exact, torch_threads
+from r2p1d_batch.decoding import colour
+from r2p1d_batch.decoding.preprocess import FrameTransform, resize_crop_exact, torch_threads
 
-from synth import make_video
+from tests.helpers.videos import make_video, make_yuv_video
 
 # Tolerances the issue sets for GPU-decoded clips vs the CPU exact path, per pixel.
 MAX_LEVELS, MEAN_LEVELS = 3, 0.5
-
-
-def make_yuv_video(path: Path, w: int, h: int, *, colorspace: int = 0, color_range: int = 0,
-                   pattern: str = "noise", n: int = 3, codec: str = "libx264", lossless: bool = True) -> Path:
-    """A yuv420p video whose planes are written directly (noise or gradients), tagged with an
-    AVColorSpace / AVColorRange (0 = untagged)."""
-    rng = np.random.default_rng(w * 1000 + h)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(codec, rate=30)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        if codec == "libx264":
-            s.options = {"crf": "0", "preset": "ultrafast"} if lossless else {"preset": "ultrafast", "crf": "30"}
-        if colorspace:
-            s.codec_context.colorspace = colorspace
-        if color_range:
-            s.codec_context.color_range = color_range
-        for i in range(n):
-            f = av.VideoFrame(w, h, "yuv420p")
-            cw, ch = (w + 1) // 2, (h + 1) // 2
-            if pattern == "noise":
-                planes = [rng.integers(0, 256, (h, w)), rng.integers(0, 256, (ch, cw)), rng.integers(0, 256, (ch, cw))]
-            else:  # gradients over the whole code range, shifted per frame
-                yy, xx = np.mgrid[0:h, 0:w]
-                cy, cx = np.mgrid[0:ch, 0:cw]
-                planes = [(xx * 255 // max(1, w - 1) + 7 * i) % 256, cx * 255 // max(1, cw - 1),
-                          (cy * 255 // max(1, ch - 1) + 3 * i) % 256]
-            for p, a in zip(f.planes, planes):
-                buf = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)
-                buf[: a.shape[0], : a.shape[1]] = a.astype(np.uint8)
-            if colorspace:
-                f.colorspace = colorspace
-            if color_range:
-                f.color_range = color_range
-            f.pts = i
-            for pkt in s.encode(f):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
 
 
 def _planes(f: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

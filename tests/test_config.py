@@ -68,7 +68,7 @@ def test_config_is_frozen():
 
 
 def test_cpu_profile_gives_the_classifier_the_spare_core():
-    from r2p1d_batch.classify import ClipClassifier
+    from r2p1d_batch.classifying.classifier import ClipClassifier
     from r2p1d_batch.config import CONFIG_DIR
 
     cfg = load(CONFIG_DIR / "cpu.yaml", ["model.weights=random"])

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from r2p1d_batch import colour, crop_taps
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.crop_taps import CropTaps, taps
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.preprocess import FrameTransform, resize_crop_exact
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding import colour, crop_taps
+from r2p1d_batch.decoding.crop_taps import CropTaps, taps
+from r2p1d_batch.decoding.preprocess import FrameTransform, resize_crop_exact
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
 
-from synth import make_video
-from test_colour import make_yuv_video
+from tests.helpers.videos import make_video, make_yuv_video
 
 T = FrameTransform.from_preset()
 
@@ -34,7 +33,7 @@ def test_taps_alone_give_the_full_paths_pixels(w, h, matrix, full_range):
     u, v = (rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2), dtype=np.uint8) for _ in range(2))
     ct = CropTaps(h, w, T, matrix, full_range, fill=float("nan"))
     ct._pixels.index_copy_(0, ct.flat, torch.from_numpy(ct.rgb(y, u, v).reshape(-1, 3)))
-    from r2p1d_batch.preprocess import preset_resize_crop
+    from r2p1d_batch.decoding.preprocess import preset_resize_crop
 
     raw = preset_resize_crop(ct.frame.permute(2, 0, 1), T.resize, T.crop)
     assert not torch.isnan(raw).any()

@@ -14,14 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
 
 from r2p1d_batch import config, query, schema
-from r2p1d_batch.curate.duplicates import pairs
+from r2p1d_batch.query.duplicates import pairs
 from r2p1d_batch.schema import embedding_array
 
-from synth import make_video
-from tests.s3_fixtures import moto_s3, s3_env  # noqa: F401 (fixtures)
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -260,7 +259,7 @@ def test_report_renders_in_headless_chromium(labeled, con, tmp_path):
 def test_report_of_an_s3_output_with_s3_sources(labeled, s3_env, tmp_path):
     """The same output and its (remaining) sources copied to S3, uris rewritten: the report reads
     Parquet and decodes thumbnails through S3 and is written to S3."""
-    from r2p1d_batch.curate.report import write_report
+    from r2p1d_batch.curate.html import write_report
 
     bucket = s3_env.bucket("curate")
     to_s3 = {}

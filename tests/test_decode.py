@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from r2p1d_batch.config import DecodeConfig, SamplingConfig
-from r2p1d_batch.decode import DecodeError, VideoSource, clip_sha, merge_spans
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding.pyav import DecodeError, VideoSource, clip_sha, merge_spans
+from r2p1d_batch.decoding.sampling import plan_clips
 
-from synth import frame_index, grey_of, level, make_audio_only, make_video
+from tests.helpers.videos import frame_index, grey_of, level, make_audio_only, make_video
 
 DEC = DecodeConfig()
 
@@ -162,7 +162,7 @@ def test_decode_stage_runs_torch_on_one_thread(tmp_path):
     import torch
 
     from r2p1d_batch import config
-    from r2p1d_batch.decode_stage import DecodeStage
+    from r2p1d_batch.decoding.stage import DecodeStage
 
     video = make_video(tmp_path / "v.mp4", n_frames=20, fps=15)
     cfg = config.load(None, [])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import av
 import numpy as np
@@ -17,16 +16,14 @@ import pytest
 import torch
 
 from r2p1d_batch import config
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.decode_lanes import NVDEC_THEN_CPU, NvdecDecodeStage, NvdecLane, split_rows
-from r2p1d_batch.decode_stage import DecodeStage, decode_video
-from r2p1d_batch.nvdec import NvdecDecoder, NvdecError
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding.lanes import NVDEC_THEN_CPU, NvdecDecodeStage, NvdecLane, split_rows
+from r2p1d_batch.decoding.nvdec import NvdecDecoder, NvdecError
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
+from r2p1d_batch.decoding.stage import DecodeStage, decode_video
 
-from synth import make_video
-from test_colour import make_yuv_video
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+from tests.helpers.videos import make_video, make_yuv_video
 
 
 class PyAVFrames:
@@ -199,18 +196,19 @@ RAY_WITH_A_GPU_RESOURCE = r'''
 import json, sys
 import ray
 from r2p1d_batch import config
-from r2p1d_batch.decode_lanes import nvdec_lane, resolve, split_rows
-from r2p1d_batch.decode_stage import DecodeStage
-from r2p1d_batch.decoder_choice import DecodeDeviceError
-from r2p1d_batch.pipeline import task_pool
+from r2p1d_batch.decoding.choice import DecodeDeviceError
+from r2p1d_batch.decoding.lanes import decode_device, split_rows
+from r2p1d_batch.decoding.stage import DecodeStage
+from r2p1d_batch.pipeline import nvdec_lane
+from r2p1d_batch.planning.placement import task_pool
 
 # A local Ray that advertises one GPU on this GPU-less machine: the driver sees a GPU cluster,
 # the probe task runs on the "GPU node" and finds no CUDA device there.
 ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=200 * 2**20, include_dashboard=False,
          log_to_driver=False)
-out = {"auto": resolve(config.load(None, []))}
+out = {"auto": decode_device(config.load(None, []))}
 try:
-    resolve(config.load(None, ["decode.device=cuda"]))
+    decode_device(config.load(None, ["decode.device=cuda"]))
 except DecodeDeviceError as e:
     out["cuda_error"] = str(e)
 # The two lanes, merged as pipeline._labeled merges them (the NVDEC lane without NVDEC here).

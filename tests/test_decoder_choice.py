@@ -7,7 +7,7 @@ import logging
 import av
 import pytest
 
-from r2p1d_batch.decoder_choice import (
+from r2p1d_batch.decoding.choice import (
     CPU,
     NVCUVID,
     NVDEC,
@@ -20,8 +20,7 @@ from r2p1d_batch.decoder_choice import (
 )
 from r2p1d_batch.errors import UserError
 
-from synth import make_video
-from test_colour import make_yuv_video
+from tests.helpers.videos import make_video, make_yuv_video
 
 
 def _facts(path) -> StreamFacts:
@@ -124,7 +123,7 @@ def test_lossy_cpu_settings_named_for_the_nvdec_warning():
     """NVDEC gives the exact path's pixels: the CPU lane's lossy settings are named, the exact
     ones (the defaults, skip_frames=unused included) are not."""
     from r2p1d_batch import config as config_mod
-    from r2p1d_batch.decoder_choice import lossy_cpu_settings
+    from r2p1d_batch.decoding.choice import lossy_cpu_settings
 
     assert lossy_cpu_settings(config_mod.load().decode) == []
     cluster = config_mod.load(config_mod.CONFIG_DIR / "cluster.yaml").decode

@@ -1,11 +1,10 @@
 import subprocess
 import sys
 
-from conftest import REPO
+from r2p1d_batch.classifying.demo import classify_video
 
-from r2p1d_batch.demo import classify_video
-
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
 
 def test_demo_prints_top5_with_the_jobs_preprocessing(tmp_path):
@@ -26,6 +25,6 @@ def test_demo_help_and_bad_input(tmp_path):
     assert h.returncode == 0 and "--weights" in h.stdout and "zoo" in h.stdout
     bad = tmp_path / "x.mp4"
     bad.write_text("nope")
-    r = subprocess.run([sys.executable, "-m", "r2p1d_batch.demo", str(bad), "--weights", "random"],  # older spelling
+    r = subprocess.run([sys.executable, "-m", "r2p1d_batch", "demo", str(bad), "--weights", "random"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "not a readable media file" in r.stderr

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from r2p1d_batch import config, schema
-from r2p1d_batch.classify import ClipClassifier
-from r2p1d_batch.embeddings import WithEmbedding
-from r2p1d_batch.export import OUTPUT_NAME, cached_export
-from r2p1d_batch.model import Normalize, load_model
+from r2p1d_batch.classifying.classifier import ClipClassifier
+from r2p1d_batch.classifying.embeddings import WithEmbedding
+from r2p1d_batch.classifying.export import OUTPUT_NAME, cached_export
+from r2p1d_batch.classifying.model import Normalize, load_model
 from r2p1d_batch.schema import embedding_array
 
 pytestmark = pytest.mark.usefixtures("onnx_cache")  # conftest: exports into a fresh cache
@@ -102,11 +102,11 @@ def test_embedding_column_nulls_video_rows():
 
 
 def test_classifier_actor_emits_embeddings_only_when_asked(clips):
-    from r2p1d_batch.classify_stage import ClassifierActor
+    from r2p1d_batch.classifying.stage import ClassifierActor
 
-    from test_classify_stage import _decoded
+    from tests.helpers.videos import decoded_table
 
-    batch, px = _decoded("cvc", 3)
+    batch, px = decoded_table("cvc", 3)
     on = ClassifierActor(config.load(None, ["model.weights=random", "model.runtime=torch", "model.device=cpu",
                                             "output.embeddings=true"]))(batch)
     off = ClassifierActor(config.load(None, ["model.weights=random", "model.runtime=torch", "model.device=cpu"]))(batch)

@@ -21,15 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r2p1d_batch import commit, incremental
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.faults import TEST_HOOKS_ENV
+from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
+from r2p1d_batch.runs import commit, incremental
 
-from outputs import committed, expected_clips
-from synth import make_video
+from tests.helpers import REPO as ROOT
+from tests.helpers.outputs import committed, expected_clips
+from tests.helpers.videos import make_video
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parent.parent
 BASE = ["model.weights=random", "ray.num_cpus=2", "ray.object_store_memory_mb=300", "ray.progress_bars=false"]
 
 

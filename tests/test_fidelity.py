@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from r2p1d_batch.fidelity import BUDGET, pixel_figures, shift_figures, within
+from r2p1d_batch.decoding.fidelity import BUDGET, pixel_figures, shift_figures, within
 
 NO_SHIFT = {"max_shift_ms": 0.0}
 

@@ -8,10 +8,10 @@ from fractions import Fraction
 import pytest
 
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.decode import FrameSkipper, VideoSource
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding.pyav import FrameSkipper, VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
 
-from synth import make_video
+from tests.helpers.videos import make_video
 
 # B-frames that nothing references: x264's b-pyramid off; with it (x264's default) the middle
 # B of three is a reference. mpeg4's B-frames are never references.

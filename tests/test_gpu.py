@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO
 
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.classify import ClipClassifier
+from r2p1d_batch.classifying.classifier import ClipClassifier
 
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

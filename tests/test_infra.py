@@ -21,7 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO as ROOT
+
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 AWS_CLUSTER = INFRA / "aws" / "cluster.yaml"
@@ -217,7 +218,7 @@ def test_node_labels_put_decode_off_gpu_nodes_and_the_classifier_on_them():
     """configs/cluster.yaml's label selectors against the labels infra/ gives each node group:
     decode fits the CPU group only, the classifier the GPU group only (placement.py)."""
     config = pytest.importorskip("r2p1d_batch.config")
-    from r2p1d_batch.placement import _label_matches
+    from r2p1d_batch.planning.placement import _label_matches
 
     cfg = config.load(ROOT / "configs" / "cluster.yaml")
     assert cfg.decode.label_selector and cfg.model.label_selector

@@ -6,9 +6,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
 
-from synth import make_audio_only, make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_audio_only, make_video
 
 pytestmark = pytest.mark.ray
 

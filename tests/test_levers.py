@@ -7,11 +7,11 @@ import pytest
 
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.bench import inputs
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.fidelity import pixel_figures, shift_figures, within
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding.fidelity import pixel_figures, shift_figures, within
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
 
-from synth import make_video
+from tests.helpers.videos import make_video
 
 
 def _clips(path, cfg):

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r2p1d_batch.manifest import ManifestError, derive_video_id, read_manifest, validate
+from r2p1d_batch.planning.manifest import ManifestError, derive_video_id, read_manifest, validate
 
 
 def test_minimal_manifest_derives_stable_ids():

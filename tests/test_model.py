@@ -4,9 +4,8 @@ import pytest
 import torch
 from torchvision.models.video import r2plus1d_18
 
-from r2p1d_batch.classify import ClipClassifier, topk
-from r2p1d_batch.config import ModelConfig
-from r2p1d_batch.model import (
+from r2p1d_batch.classifying.classifier import ClipClassifier, topk
+from r2p1d_batch.classifying.model import (
     KINETICS,
     WeightsError,
     categories,
@@ -14,6 +13,7 @@ from r2p1d_batch.model import (
     load_model,
     normalization,
 )
+from r2p1d_batch.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import init_local_ray
 
-from r2p1d_batch import commit
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.classify_stage import ClassifierActor
-from r2p1d_batch.decode_stage import DecodeStage
-from r2p1d_batch.faults import TEST_HOOKS_ENV
-from r2p1d_batch.placement import FusedStagesError, check_two_stages, plan_operators, stage_args
+from r2p1d_batch.classifying.stage import ClassifierActor
+from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
+from r2p1d_batch.decoding.stage import DecodeStage
+from r2p1d_batch.planning.placement import FusedStagesError, check_two_stages, physical_operators, stage_args
+from r2p1d_batch.runs import commit
 
-from outputs import committed, expected_clips
-from synth import make_video
+from tests.helpers import REPO as ROOT
+from tests.helpers.local_ray import init_local_ray
+from tests.helpers.outputs import committed, expected_clips
+from tests.helpers.videos import make_video
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parent.parent
 POOL = "r2p1d.io/pool"
 NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)
 PLACED = [f'decode.label_selector={{"{POOL}": "decode"}}', f'model.label_selector={{"{POOL}": "gpu"}}']
@@ -228,7 +228,7 @@ def test_decode_and_classify_stay_two_operators_for_every_profile(cluster, tmp_p
     cfg = config_mod.load(None, ["model.weights=random"], manifest="m")
     fused = ray.data.from_items(rows).map_batches(DecodeStage(cfg), batch_size=1, num_cpus=1).map_batches(
         ClassifierActor, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
-    assert any("DecodeStage" in op and "ClassifierActor" in op for op in plan_operators(fused))
+    assert any("DecodeStage" in op and "ClassifierActor" in op for op in physical_operators(fused))
     with pytest.raises(FusedStagesError, match="two operators"):
         check_two_stages(fused)
 
@@ -376,7 +376,7 @@ def test_decode_attempts_lost_with_their_node_are_not_decoder_crashes(cluster):
     import ray
     from ray.experimental import internal_kv
 
-    from r2p1d_batch.faults import CRASHES_BEFORE_ERROR, CrashLedger
+    from r2p1d_batch.decoding.faults import CRASHES_BEFORE_ERROR, CrashLedger
 
     ledger = CrashLedger("ledger-test")
     gone = "ab" * 28  # the id of a node that is not (any more) in the cluster

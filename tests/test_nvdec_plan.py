@@ -7,11 +7,11 @@ import av
 import pytest
 
 from r2p1d_batch import config
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.nvdec import GpuFrames, NvdecError, Unplannable, packet_times, plan_frames
-from r2p1d_batch.sampling import ClipWindow, plan_clips
+from r2p1d_batch.decoding.nvdec import GpuFrames, NvdecError, Unplannable, packet_times, plan_frames
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import ClipWindow, plan_clips
 
-from synth import make_video
+from tests.helpers.videos import make_video
 
 
 def _bframes_video(path, n=90, fps=30):

@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from r2p1d_batch import config
-from r2p1d_batch.decode_stage import decode_video
-from r2p1d_batch.faults import CRASHES_BEFORE_ERROR, CrashLedger
-from r2p1d_batch.sizing import BLOCKS_PER_SLOT, MAX_BLOCKS, ROWS_PER_BLOCK_MAX, decode_blocks
+from r2p1d_batch.decoding.faults import CRASHES_BEFORE_ERROR, CrashLedger
+from r2p1d_batch.decoding.stage import decode_video
+from r2p1d_batch.planning.sizing import BLOCKS_PER_SLOT, MAX_BLOCKS, ROWS_PER_BLOCK_MAX, decode_blocks
 
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
 
 @pytest.mark.parametrize("rows, slots, blocks", [
@@ -40,7 +40,7 @@ def test_missing_file_rows_never_import_torch(tmp_path):
 import json, sys
 import pyarrow as pa
 from r2p1d_batch import config
-from r2p1d_batch.decode_stage import DecodeStage
+from r2p1d_batch.decoding.stage import DecodeStage
 cfg = config.load(None, [])
 rows = pa.table({{"video_id": [f"m{{i}}" for i in range(20)], "uri": [f"{tmp_path}/absent{{i}}.mp4" for i in range(20)],
                  "start_sec": [None] * 20, "end_sec": [None] * 20}})
@@ -125,7 +125,7 @@ def test_classifier_actor_passes_video_rows_while_its_model_loads(sets):
     import pyarrow as pa
 
     from r2p1d_batch import schema
-    from r2p1d_batch.classify_stage import ClassifierActor, planned_runtime
+    from r2p1d_batch.classifying.stage import ClassifierActor, planned_runtime
 
     cfg = config.load(None, ["model.weights=random", *sets])
     actor = ClassifierActor(cfg, weights_id="random:seed=0")

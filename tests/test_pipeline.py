@@ -9,12 +9,12 @@ import torch
 from torchvision.models.video import r2plus1d_18
 
 from r2p1d_batch import config
-from r2p1d_batch.classify import ClipClassifier
-from r2p1d_batch.decode import VideoSource
+from r2p1d_batch.classifying.classifier import ClipClassifier
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
 from r2p1d_batch.pipeline import label
-from r2p1d_batch.sampling import plan_clips
 
-from synth import make_video
+from tests.helpers.videos import make_video
 
 pytestmark = pytest.mark.ray
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torchvision.models.video import R2Plus1D_18_Weights
 
+from r2p1d_batch.classifying.model import Normalize
 from r2p1d_batch.config import DecodeConfig, SamplingConfig
-from r2p1d_batch.decode import VideoSource
-from r2p1d_batch.model import Normalize
-from r2p1d_batch.preprocess import FrameTransform
-from r2p1d_batch.sampling import plan_clips
+from r2p1d_batch.decoding.preprocess import FrameTransform
+from r2p1d_batch.decoding.pyav import VideoSource
+from r2p1d_batch.decoding.sampling import plan_clips
 
-from synth import make_video
+from tests.helpers.videos import make_video
 
 
 def _frames(seed=0, t=16, h=180, w=320):

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.ray_head import SubmitError, head_processes, start_ray_head, submit_job
+from tests.helpers.ray_head import SubmitError, head_processes, start_ray_head, submit_job
 
 pytestmark = pytest.mark.ray
 

@@ -18,17 +18,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r2p1d_batch import commit, incremental, query
 from r2p1d_batch import config as config_mod
-from r2p1d_batch.decode_stage import decode_video
-from r2p1d_batch.faults import TEST_HOOKS_ENV
-from r2p1d_batch.model import categories, load_model, weights_id
+from r2p1d_batch import query
+from r2p1d_batch.classifying.model import categories, load_model, weights_id
+from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
+from r2p1d_batch.decoding.stage import decode_video
+from r2p1d_batch.runs import commit, incremental
+from r2p1d_batch.runs.writer import RunWriter
 from r2p1d_batch.storage import filesystem
-from r2p1d_batch.writer import RunWriter
 
-from synth import make_video
+from tests.helpers import REPO as ROOT
+from tests.helpers.videos import make_video
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIP_GLOB = "clips/run_id=*/*.parquet"
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from r2p1d_batch import config
-from r2p1d_batch.classify import ClipClassifier, resolve_runtime
-from r2p1d_batch.export import cached_export
+from r2p1d_batch.classifying.classifier import ClipClassifier, resolve_runtime
+from r2p1d_batch.classifying.export import cached_export
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_auto_runtime_is_onnxruntime_on_cpu():
 
 
 def test_export_cached_once_per_weights(tmp_path):
-    from r2p1d_batch.model import load_model
+    from r2p1d_batch.classifying.model import load_model
 
     m = load_model("random", 0)
     p1 = cached_export(m.module, "random:seed=0", graph="uint8", root=tmp_path)

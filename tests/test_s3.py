@@ -1,4 +1,4 @@
-"""S3 in and out against moto's server on loopback (tests/s3_fixtures.py), DuckDB out.
+"""S3 in and out against moto's server on loopback (tests/helpers/s3.py), DuckDB out.
 
 Stage functions are called directly (no Ray) for streaming, errors and retries; two runs of
 jobs/label.py on a local Ray cover the whole path, read back with jobs/query.py.
@@ -10,7 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,15 +17,13 @@ import pytest
 
 from r2p1d_batch import config as config_mod
 from r2p1d_batch import query
-from r2p1d_batch.decode_stage import decode_video
-from r2p1d_batch.manifest import ManifestError, read_manifest
+from r2p1d_batch.decoding.stage import decode_video
 from r2p1d_batch.pipeline import local_runtime_env
-from r2p1d_batch.storage import aws_env, filesystem, resolve, storage_options
+from r2p1d_batch.planning.manifest import ManifestError, read_manifest
+from r2p1d_batch.storage import aws_env, filesystem, storage_options, with_env
 
-from tests.s3_fixtures import _proxy_server, moto_s3, s3_env, s3_proxy  # noqa: F401 (fixtures)
-from tests.synth import make_video
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO as ROOT
+from tests.helpers.videos import make_video
 
 
 def _cfg(endpoint: str, **storage):
@@ -48,9 +45,9 @@ def small_video(tmp_path_factory):
 def test_options_come_from_config_then_env(monkeypatch):
     env = {"AWS_ENDPOINT_URL": "http://env:9000", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "p1"}
     cfg = config_mod.StorageConfig(region="us-west-2", max_attempts=4, block_size_mb=2)
-    r = resolve(cfg, env)
+    r = with_env(cfg, env)
     assert (r.endpoint_url, r.region, r.profile) == ("http://env:9000", "us-west-2", "p1")
-    assert resolve(config_mod.StorageConfig(endpoint_url="http://cfg:1"), env).endpoint_url == "http://cfg:1"
+    assert with_env(config_mod.StorageConfig(endpoint_url="http://cfg:1"), env).endpoint_url == "http://cfg:1"
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     opts = storage_options("s3://b/k", cfg)

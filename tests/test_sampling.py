@@ -1,7 +1,7 @@
 import pytest
 
 from r2p1d_batch.config import SamplingConfig
-from r2p1d_batch.sampling import (
+from r2p1d_batch.decoding.sampling import (
     ShortVideoError,
     dense_starts,
     plan_clips,

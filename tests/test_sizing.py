@@ -9,12 +9,12 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
 
 from r2p1d_batch import config
-from r2p1d_batch.sizing import MAX_ACTOR_THREADS, decode_slots, plan, size_to_cluster
+from r2p1d_batch.planning.sizing import MAX_ACTOR_THREADS, decode_slots, plan, size_to_cluster
 
-from synth import make_video
+from tests.helpers import REPO
+from tests.helpers.videos import make_video
 
 
 def test_config_records_what_the_user_set():
@@ -119,7 +119,7 @@ def test_job_sizes_itself_to_the_local_ray(tmp_path):
 
 def test_a_classifier_actor_is_never_sized_past_the_biggest_node():
     """3 CPUs over three 1-CPU nodes (the multi-node test's shape): one actor of 1 CPU, not 2."""
-    from r2p1d_batch.sizing import plan
+    from r2p1d_batch.planning.sizing import plan
 
     cfg = config.load(None, ["model.weights=random"])
     assert plan(3.0, 0.0, cfg.explicit, cfg)["model.num_cpus"] == 2.0  # one 3-CPU node

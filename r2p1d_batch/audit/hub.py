@@ -26,8 +26,8 @@ import requests
 from qai_hub import client as hub_client
 from qai_hub import public_rest_api as hub_api
 
+from ..classifying.export import CLIP_SHAPE, INPUT_NAME, OUTPUT_NAME, DeviceGraph, export_onnx  # noqa: F401 (re-exported)
 from ..errors import ServiceError
-from ..export import CLIP_SHAPE, INPUT_NAME, OUTPUT_NAME, DeviceGraph, export_onnx  # noqa: F401 (re-exported)
 
 CLIP_BYTES = 4 * math.prod(CLIP_SHAPE)  # float32: ~2.3 MiB per clip
 

@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import DecodeConfig, SamplingConfig
-from ..decode import DecodeError, VideoSource, clip_sha
-from ..sampling import EPS, ClipWindow, plan_clips
+from ..decoding.pyav import DecodeError, VideoSource, clip_sha
+from ..decoding.sampling import EPS, ClipWindow, plan_clips
 from ..storage import filesystem, fingerprint, is_local
 
 log = logging.getLogger("r2p1d_batch.audit")
@@ -78,9 +78,9 @@ def _mismatch(row: dict, sha: str, fp_now: str) -> str:
 def _nvdec_reference(path: str, uri: str, decode_cfg: DecodeConfig, sampling, rows: list[dict]) -> dict:
     """The NVDEC path's pixels for ``rows``, computed on the CPU from PyAV's decoded frames:
     {clip index in rows: uint8 clip}. Empty when the stream is not one NVDEC takes."""
-    from .. import colour
-    from ..decoder_choice import NVDEC, StreamFacts, choose
-    from ..nvdec import CpuNv12Frames, NvdecDecoder
+    from ..decoding import colour
+    from ..decoding.choice import NVDEC, StreamFacts, choose
+    from ..decoding.nvdec import CpuNv12Frames, NvdecDecoder
 
     frames = CpuNv12Frames()
     try:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..commit import committed_runs
+from ..runs.commit import committed_runs
 from ..storage import filesystem, join
 from .errors import AuditError
 

@@ -31,7 +31,7 @@ def embedding_cost(batch: int = 8, threads: int = 2, rounds: int = 3, batches_pe
     import torch
 
     from .. import config as config_mod
-    from ..classify import ClipClassifier
+    from ..classifying.classifier import ClipClassifier
 
     cfg = config_mod.load(None, ["model.weights=random", "model.runtime=onnxruntime", "model.device=cpu",
                                  f"model.num_cpus={threads}"])

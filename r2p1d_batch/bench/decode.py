@@ -12,10 +12,10 @@ import av
 import numpy as np
 
 from .. import config as config_mod
-from ..decode import VideoSource
-from ..preprocess import FrameTransform, torch_threads
-from ..sampling import plan_clips
-from .report import ratio
+from ..decoding.preprocess import FrameTransform, torch_threads
+from ..decoding.pyav import VideoSource
+from ..decoding.sampling import plan_clips
+from .output import ratio
 
 
 def ffmpeg_cmd(path: str | Path, threads: int, seconds: Optional[float] = None,
@@ -149,7 +149,7 @@ def sparse_row(path: Path, num_clips: int = 5) -> dict:
 
 def fidelity_rows(path: Path, n_clips: int, weights: str) -> list[dict]:
     """Pixels and top-1 labels of the fast scalers vs the exact (preset) path on the same clips."""
-    from ..classify import ClipClassifier
+    from ..classifying.classifier import ClipClassifier
 
     clf = ClipClassifier(config_mod.load(None, [f"model.weights={weights}", "model.runtime=onnxruntime",
                                                 "model.device=cpu", "model.num_cpus=2"]).model)

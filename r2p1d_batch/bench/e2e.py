@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import config as config_mod
-from ..classify import ClipClassifier
-from ..decode import VideoSource
-from ..decode_stage import decode_video
-from ..preprocess import FrameTransform
-from ..sampling import plan_clips
+from ..classifying.classifier import ClipClassifier
+from ..decoding.preprocess import FrameTransform
+from ..decoding.pyav import VideoSource
+from ..decoding.sampling import plan_clips
+from ..decoding.stage import decode_video
 
 
 def write_manifest(videos: list[Path], path: Path) -> Path:
@@ -50,7 +50,7 @@ def naive_loop(cfg, videos, threads: int) -> tuple[float, int]:
     clips and run eager PyTorch on all cores."""
     import torch
 
-    from ..model import Normalize, load_model
+    from ..classifying.model import Normalize, load_model
 
     torch.set_num_threads(threads)
     net, norm, tf = load_model(cfg.model.weights, 0).module, Normalize(), FrameTransform.from_preset()
@@ -90,7 +90,7 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
     import ray
 
     from ..pipeline import init_ray, label
-    from ..sizing import size_to_cluster
+    from ..planning.sizing import size_to_cluster
 
     names = [p.name if p else "default" for p in profiles]
     measured = []  # (profile, model alone: seconds and what ran, pipeline seconds, summary)

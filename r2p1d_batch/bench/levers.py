@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import config as config_mod
-from ..decode import VideoSource
-from ..fidelity import BUDGET, describe, pixel_figures, shift_figures, within
-from ..preprocess import FrameTransform, torch_threads
-from ..sampling import plan_clips
+from ..decoding.fidelity import BUDGET, describe, pixel_figures, shift_figures, within
+from ..decoding.preprocess import FrameTransform, torch_threads
+from ..decoding.pyav import VideoSource
+from ..decoding.sampling import plan_clips
 from . import inputs
 
 BEFORE = "exact, whole frame, every frame (before)"

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from .. import config as config_mod
-from ..classify import ClipClassifier
-from ..model import Normalize, load_model
+from ..classifying.classifier import ClipClassifier
+from ..classifying.model import Normalize, load_model
 from .roofline import model_gflop_per_clip, needed_note, sgemm_gflops
 
 

@@ -130,11 +130,12 @@ def pixel_diff(video: Path, clips: int = 8) -> tuple[Optional[float], Optional[f
     """max and mean |GPU path - CPU exact path| over the first ``clips`` clips of ``video``."""
     import numpy as np
 
-    from .. import colour, config
-    from ..decode import VideoSource
-    from ..decoder_choice import StreamFacts
-    from ..nvdec import NvdecDecoder
-    from ..sampling import plan_clips
+    from .. import config
+    from ..decoding import colour
+    from ..decoding.choice import StreamFacts
+    from ..decoding.nvdec import NvdecDecoder
+    from ..decoding.pyav import VideoSource
+    from ..decoding.sampling import plan_clips
 
     cfg = config.load(None, [])
     with VideoSource(str(video), str(video), cfg.decode) as v:

@@ -11,7 +11,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from ..preprocess import torch_threads
+from ..decoding.preprocess import torch_threads
 
 
 @cache

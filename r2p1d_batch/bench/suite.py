@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 
 from . import inputs
-from .report import format_report, machine, write_json
+from .output import format_report, machine, write_json
 
 SECTIONS = ["decode", "sparse", "fidelity", "levers", "model", "e2e", "memory", "overhead", "node"]
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 
 from .. import config as config_mod
+from .args import add_config_args, command
 
 
 def add_parser(sub) -> None:
-    from . import add_config_args, command
-
     p = command(sub, "audit", __doc__, run)
     p.add_argument("output", help="a labeling job's output root (local or s3://)")
     p.add_argument("--sample", type=int, help="clips to audit, stratified by label (audit.sample)")
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
            "audit.runtime": args.runtime, "audit.chunk_clips": args.chunk_clips, "audit.profile": args.profile,
            "audit.device_outputs": args.device_outputs}
     cfg = config_mod.load(args.config, args.overrides, **top)
-    from ..audit.pipeline import run_audit
+    from ..audit.job import run_audit
 
     result = run_audit(cfg)
     print(result.markdown)

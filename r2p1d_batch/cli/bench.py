@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from .args import command
+
 
 def add_parser(sub) -> None:
     from ..bench.suite import SECTIONS
-    from . import command
 
     p = command(sub, "bench", __doc__, run)
     size = p.add_mutually_exclusive_group()

@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
+from .args import command
 
 
 def add_parser(sub) -> None:
-    from . import command
-
     p = command(sub, "demo", __doc__, run)
     p.add_argument("video", help="a video file (local path or s3://)")
     p.add_argument("--weights", default="kinetics400", help="kinetics400 | random | checkpoint path")
@@ -21,8 +20,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..decode import DecodeError
-    from ..demo import classify_video
+    from ..classifying.demo import classify_video
+    from ..decoding.pyav import DecodeError
 
     try:
         top, weights_id, n = classify_video(args.video, args.weights, args.mode, args.seed)

@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 
 from .. import config as config_mod
+from .args import add_config_args, command
 
 
 def add_parser(sub) -> None:
-    from . import add_config_args, command
-
     p = command(sub, "export", __doc__, run)
     p.add_argument("--onnx", default="r2plus1d_18.onnx", help="where to write the ONNX graph")
     p.add_argument("--backend", choices=["onnxruntime", "qai-hub"], default="onnxruntime")
@@ -32,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export_measure import export_graph, measure_onnxruntime, on_device
+    from ..audit.export_measure import export_graph, measure_onnxruntime, on_device
 
     cfg = config_mod.load(args.config, args.overrides, **{"audit.device": args.device, "audit.runtime": args.runtime})
     path = Path(args.onnx)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import argparse
 
+from .args import command
+
 
 def add_parser(sub) -> None:
-    from . import command
-
     command(sub, "fetch-weights", __doc__, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import kinetics_checkpoint_path, load_model
+    from ..classifying.model import kinetics_checkpoint_path, load_model
 
     load_model("kinetics400")  # WeightsError (a UserError) says where to put the file
     print(kinetics_checkpoint_path())

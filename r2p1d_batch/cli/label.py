@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 
 from .. import config as config_mod
+from .args import add_config_args, command
 
 
 def add_parser(sub) -> None:
-    from . import add_config_args, command
-
     p = command(sub, "label", __doc__, run)
     p.add_argument("manifest", help="Parquet manifest (local path or s3://) with a 'uri' column")
     p.add_argument("--output", "-o", help="output root (local or s3://); default: output.path")

@@ -18,11 +18,10 @@ import sys
 
 from .. import config as config_mod
 from ..errors import UserError
+from .args import add_config_args, command
 
 
 def add_parser(sub) -> None:
-    from . import add_config_args, command
-
     p = command(sub, "query", __doc__, run)
     p.add_argument("output", help="output root of `r2p1d label` (local path or s3://)")
     p.add_argument("sql", nargs="?", help="SQL over the views clips, videos, clips_all, videos_all, runs")

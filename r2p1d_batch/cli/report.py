@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 
 from .. import config as config_mod
+from .args import add_config_args, command
 
 
 def add_parser(sub) -> None:
-    from . import add_config_args, command
-
     p = command(sub, "report", __doc__, run)
     p.add_argument("output", help="output root of `r2p1d label` (local path or s3://)")
     p.add_argument("--html", required=True, help="where to write the report (local path or s3://)")
@@ -26,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..curate.report import ReportOptions, write_report
+    from ..curate.html import ReportOptions, write_report
 
     cfg = config_mod.load(args.config, args.overrides)
     opts = ReportOptions(labels=args.labels, per_label=args.per_label, videos=args.videos)

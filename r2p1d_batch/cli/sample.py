@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .args import command
+
 
 def add_parser(sub) -> None:
-    from . import command
-
     p = command(sub, "sample", __doc__, run)
     p.add_argument("dir", type=Path)
     p.add_argument("--videos", type=int, default=4)

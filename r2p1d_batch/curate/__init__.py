@@ -1,9 +1,7 @@
-"""Curating a labeled collection: similar clips and near duplicates (embeddings), action
-segments, and a self-contained HTML report.
+"""Curating a labeled collection: the self-contained HTML report of ``r2p1d report``.
 
-- ``sql``: the ``segments`` view, the typed ``embedding`` column and the ready reports that
-  ``query.py`` adds (``segments``, ``similar``, ``duplicates``).
-- ``duplicates``: the exact all-pairs search over embeddings, in BLAS tiles.
+- ``html``: the report (label chart, contact sheets, segment timelines, run summary, errors).
 - ``thumbs``: middle-frame thumbnails decoded with the job's own decoder (placeholders say why not).
-- ``report``: the HTML report (label chart, contact sheets, segment timelines, run summary, errors).
+
+The SQL side of curation (segments, similar clips, near duplicates) is in ``query/``.
 """

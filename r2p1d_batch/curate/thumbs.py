@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import DecodeConfig
-from ..decode import DecodeError, VideoSource
-from ..sampling import EPS, ClipWindow
+from ..decoding.pyav import DecodeError, VideoSource
+from ..decoding.sampling import EPS, ClipWindow
 from ..storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
 
 THUMB_HEIGHT = 96

@@ -1,0 +1,173 @@
+"""The model: build R(2+1)D-18, load weights, categories, on-device normalisation.
+
+Weights, categories, mean and std come from torchvision's weights enum. A run never labels
+with random weights by accident: ``random`` must be asked for, and its id says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.models.video import R2Plus1D_18_Weights, r2plus1d_18
+
+from ..errors import UserError
+
+MODEL_NAME = "r2plus1d_18"
+KINETICS = R2Plus1D_18_Weights.KINETICS400_V1
+
+
+class WeightsError(UserError, RuntimeError):
+    """Weights that cannot be loaded; the message says what to do."""
+
+
+@lru_cache(maxsize=1)
+def categories() -> tuple[str, ...]:
+    return tuple(KINETICS.meta["categories"])
+
+
+def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    p = KINETICS.transforms()
+    return tuple(p.mean), tuple(p.std)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    module: torch.nn.Module
+    weights_id: str  # recorded in every output row
+    is_random: bool
+
+
+def kinetics_checkpoint_path() -> Path:
+    """Where torch hub caches (and where to put, offline) the Kinetics-400 file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(KINETICS.url)
+
+
+def kinetics_available() -> bool:
+    return kinetics_checkpoint_path().is_file()
+
+
+def _load_kinetics() -> dict:
+    path = kinetics_checkpoint_path()
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return KINETICS.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # URLError, timeouts, proxies: all mean "not reachable"
+        raise WeightsError(
+            f"Kinetics-400 weights are not cached and could not be downloaded ({type(e).__name__}: {e}).\n"
+            f"  Put {os.path.basename(KINETICS.url)} (from {KINETICS.url}) at {path}\n"
+            f"  (or set TORCH_HOME), or pass model.weights=/path/or/s3://checkpoint.pth,\n"
+            f"  or model.weights=random for a smoke run (labels then mean nothing)."
+        ) from None
+
+
+KINETICS_ID = f"torchvision:{KINETICS.__class__.__name__}.{KINETICS.name}"
+
+
+def _is_kinetics(spec: str) -> bool:
+    return spec in ("kinetics400", KINETICS.__class__.__name__ + "." + KINETICS.name)
+
+
+def _checkpoint_id(path: str, digest: str) -> str:
+    return f"file:{os.path.basename(path)}@sha256:{digest[:16]}"
+
+
+def weights_id(spec: str, seed: int = 0, storage=None) -> str:
+    """The id ``load_model`` will record for ``spec``, without building the model (a
+    checkpoint is streamed once through sha256). The driver uses it to skip rows before any
+    work starts."""
+    if spec == "random":
+        return f"random:seed={seed}"
+    if _is_kinetics(spec):
+        return KINETICS_ID
+    from ..storage import filesystem
+
+    try:
+        fs, path = filesystem(spec, storage)
+        h = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint not found: {spec}") from None
+    except Exception as e:
+        raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
+    return _checkpoint_id(path, h.hexdigest())
+
+
+def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
+    from ..storage import filesystem
+
+    try:
+        fs, path = filesystem(spec, storage)
+        with fs.open(path, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint not found: {spec}") from None
+    except Exception as e:
+        raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    import io
+
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{spec} is not a PyTorch checkpoint: {type(e).__name__}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{spec}: expected a state_dict, found {type(obj).__name__}")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj, _checkpoint_id(path, digest)
+
+
+def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
+    """``kinetics400`` | ``random`` | a checkpoint path (local or s3://), in eval mode on CPU."""
+    if spec == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            module = r2plus1d_18(weights=None, num_classes=len(categories()))
+        return LoadedModel(module.eval(), f"random:seed={seed}", True)
+    module = r2plus1d_18(weights=None, num_classes=len(categories()))
+    if _is_kinetics(spec):
+        state, wid = _load_kinetics(), KINETICS_ID
+    else:
+        state, wid = _read_checkpoint(spec, storage)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise WeightsError(f"{spec}: not r2plus1d_18 Kinetics-400 weights ({first})") from None
+    return LoadedModel(module.eval(), wid, False)
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (N, T, H, W, C) -> normalised float (N, C, T, H, W), on whatever device x is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        mean, std = normalization()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("model.device=cuda but this actor sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def amp_dtype(name: str) -> Optional[torch.dtype]:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)

@@ -1,0 +1,147 @@
+"""Stage 2: decode + clip sampling, as a Ray map_batches function (1:N, one manifest row in,
+N clip rows and exactly one video row out). Every failure becomes the video's error row."""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Optional
+
+import pyarrow as pa
+
+from .. import schema
+from ..config import Config
+from ..storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
+from .faults import CRASHES_BEFORE_ERROR, CrashLedger, Deadline, test_hooks
+from .preprocess import one_torch_thread, preset
+from .pyav import DecodeError, VideoSource
+from .sampling import ShortVideoError, plan_clips
+
+
+def _video_row(row: dict, **fields) -> dict:
+    return {"kind": "video", "video_id": row["video_id"], "uri": row["uri"], **fields}
+
+
+def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, gpu=None) -> Iterator[dict]:
+    """One manifest row -> its clip rows, then exactly one video row (ok or error).
+    ``gpu``: the NVDEC lane's per-actor decoder (decode_lanes.NvdecLane); None: PyAV only."""
+    ledger = ledger or CrashLedger("")
+    t0 = time.perf_counter()
+    uri, emitted, meta, noted = row["uri"], 0, {}, False
+    deadline = Deadline(cfg.decode.timeout_sec, uri)
+    lane = None
+    try:
+        try:  # the inner finally stops the clock before any handler below runs
+            deadline.resume()
+            target, per_clip_sleep = uri, 0.0
+            hooks = test_hooks()
+            if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only); may crash natively
+                hook = hooks.parse(uri)
+                noted = _note_attempt(ledger, row)
+                target, per_clip_sleep = hook.target, hooks.run(hook)
+            fs, path = filesystem(target, cfg.storage)
+            st = fs.info(path)  # a missing/forbidden object raises OSError: mapped below
+            meta.update(source_size=st.get("size"), source_fingerprint=fingerprint(st))
+            if not st.get("size"):
+                raise DecodeError(f"{uri}: file is empty (0 bytes)", "EmptyFile")
+            # From here on native code (FFmpeg) runs: note the attempt in the crash ledger.
+            noted = noted or _note_attempt(ledger, row)
+            # Here, not per task: a row that fails its stat never imports torch. The imports (seconds
+            # in a fresh worker on a loaded node) are set-up, not decode time: off the clock.
+            deadline.pause()
+            one_torch_thread()
+            preset()  # torchvision's preset, which VideoSource's transform reads
+            deadline.resume()
+            # Remote objects are streamed: PyAV reads through a file object doing ranged GETs of
+            # storage.block_size_mb (one block held), so a few clips never fetch the whole object.
+            src = nullcontext(path) if is_local(target) else fs.open(path, "rb")
+            with src as f, VideoSource(f, uri, cfg.decode) as video:
+                windows = plan_clips(
+                    cfg.sampling, video.info.duration, video.info.fps, row.get("start_sec"), row.get("end_sec")
+                )
+                lane = gpu.open(f, is_local(target)) if gpu is not None else None
+                for clip in (lane.clips(video, windows) if lane else video.clips(windows)):
+                    emitted += 1
+                    if per_clip_sleep:
+                        time.sleep(per_clip_sleep)
+                    deadline.pause()
+                    yield {
+                        "kind": "clip",
+                        "video_id": row["video_id"],
+                        "uri": uri,
+                        "clip_index": clip.index,
+                        "start_sec": clip.start_sec,
+                        "end_sec": clip.end_sec,
+                        "frame_pts": clip.frame_pts,
+                        "padded_frames": clip.padded,
+                        "clip_sha": clip.sha,
+                        "frames": clip.frames.tobytes(),
+                    }
+                    deadline.resume()
+                info = video.info
+            meta.update(
+                duration_sec=info.duration, fps=info.fps, width=info.width, height=info.height,
+                rotation=info.rotation, codec=info.codec, pix_fmt=info.pix_fmt,
+            )
+            if emitted == 0:
+                raise DecodeError(f"{uri}: no clip could be decoded", "NoFrames")
+            status = dict(status="ok", error_class="", error="")
+        finally:
+            deadline.pause()
+    except DecodeError as e:
+        status = dict(status="error", error_class=e.kind, error=str(e))
+    except ShortVideoError as e:
+        status = dict(status="error", error_class="ShortVideo", error=f"{uri}: {e}")
+    except STORAGE_ERRORS as e:  # not found, access denied, retries exhausted (S3 message kept)
+        error_class, message = error_kind(e, uri)
+        status = dict(status="error", error_class=error_class, error=message)
+    except ValueError as e:  # e.g. start_sec past the end
+        status = dict(status="error", error_class="BadWindow", error=f"{uri}: {e}")
+    except Exception as e:  # a bug or an unexpected library error: still a row, with a trace
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-3:]
+        status = dict(status="error", error_class=type(e).__name__, error=f"{uri}: {e} | {' / '.join(tb)}")
+    if noted:
+        ledger.end(row["video_id"])
+    decoder = lane.columns() if lane else {"decoder": "cpu", "decoder_note": ""}
+    yield _video_row(row, num_clips=emitted, decode_sec=time.perf_counter() - t0, **meta, **status, **decoder)
+
+
+def _note_attempt(ledger: CrashLedger, row: dict) -> bool:
+    """Note this attempt in the crash ledger; a video whose decoder already died
+    CRASHES_BEFORE_ERROR times is not decoded again but becomes an error row."""
+    crashed = ledger.begin(row["video_id"])
+    if crashed >= CRASHES_BEFORE_ERROR:
+        ledger.end(row["video_id"])
+        raise DecodeError(f"{row['uri']}: the decoder process died {crashed} times on this video "
+                          "(native crash or kill); not retried", "DecoderCrashed")
+    return True
+
+
+def _table(rows: list[dict], sch: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=sch)
+
+
+class DecodeStage:
+    """map_batches fn: manifest rows in, blocks of at most ``clips_per_block`` rows out."""
+
+    gpu = None  # decode_lanes.NvdecDecodeStage sets its NVDEC lane here
+
+    def __init__(self, cfg: Config, run_id: str = ""):
+        self.cfg, self.run_id = cfg, run_id
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        buf: list[dict] = []
+        clips = 0
+        ledger = CrashLedger(self.run_id)
+        for row in batch.to_pylist():
+            for out in decode_video(row, self.cfg, ledger, self.gpu):
+                buf.append(out)
+                # Only clips fill a block (588 KiB each); video rows are a few hundred bytes and
+                # ride along, so a task of error rows sends one block, not one per 8 rows.
+                clips += out["kind"] == "clip"
+                if clips >= self.cfg.decode.clips_per_block:
+                    yield _table(buf, schema.DECODED)
+                    buf, clips = [], 0
+        if buf:
+            yield _table(buf, schema.DECODED)
