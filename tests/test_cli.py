@@ -25,18 +25,38 @@ SUBCOMMANDS = ["label", "query", "report", "audit", "export", "bench", "demo", "
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A real (non-editable) install of the checkout into its own prefix; the lock's packages
-    come from this venv, so nothing is resolved or downloaded."""
+    come from this venv, so nothing is resolved or downloaded. --ignore-installed: without it pip
+    uninstalls the venv's own (editable) r2p1d-batch first, even with --prefix, and the venv's
+    `r2p1d` is gone after the tests."""
+    here_before = _pip_show_here()
     prefix = tmp_path_factory.mktemp("prefix")
     build = tmp_path_factory.mktemp("build")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--prefix", str(prefix), "."], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TMPDIR": str(build)})
+                           "--ignore-installed", "--prefix", str(prefix), "."], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(build)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     env.update(PYTHONPATH=str(site), PYTHONUNBUFFERED="1")
     cwd = tmp_path_factory.mktemp("elsewhere")  # not the checkout: nothing may come from it
-    return {"bin": prefix / "bin" / "r2p1d", "site": site, "env": env, "cwd": cwd}
+    return {"bin": prefix / "bin" / "r2p1d", "site": site, "env": env, "cwd": cwd,
+            "here": (here_before, _pip_show_here())}
+
+
+def _pip_show_here() -> tuple[int, list[str], bool]:
+    """This environment's r2p1d-batch as pip sees it: (status, location lines, `r2p1d` script exists)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "show", "r2p1d-batch"], capture_output=True, text=True,
+                          timeout=60)
+    where = [line for line in proc.stdout.splitlines() if "location" in line.lower()]
+    return proc.returncode, where, (Path(sys.executable).parent / "r2p1d").exists()
+
+
+def test_installing_elsewhere_leaves_this_environment_its_own_r2p1d(installed):
+    """The install into a prefix must not touch the environment running the tests: pip would
+    uninstall its r2p1d-batch first (and `.venv/bin/r2p1d` with it) without --ignore-installed."""
+    before, after = installed["here"]
+    assert before[0] == 0, "r2p1d-batch is not installed in the test environment (scripts/install.sh installs it)"
+    assert after == before, f"installing into a prefix changed this environment: {before} -> {after}"
 
 
 def _run(installed, *argv, timeout=120):
