@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..config import Config
-from ..storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
+from ..storage import STORAGE_ERRORS, check_protocol, error_kind, filesystem, fingerprint, is_local
 from .faults import CRASHES_BEFORE_ERROR, CrashLedger, Deadline, test_hooks
 from .preprocess import one_torch_thread, preset
 from .pyav import DecodeError, VideoSource
@@ -40,6 +40,7 @@ def decode_video(row: dict, cfg: Config, ledger: Optional[CrashLedger] = None, g
                 hook = hooks.parse(uri)
                 noted = _note_attempt(ledger, row)
                 target, per_clip_sleep = hook.target, hooks.run(hook)
+            check_protocol(target, cfg.storage)  # storage.allowed_protocols: no request for any other URL
             fs, path = filesystem(target, cfg.storage)
             st = fs.info(path)  # a missing/forbidden object raises OSError: mapped below
             meta.update(source_size=st.get("size"), source_fingerprint=fingerprint(st))
