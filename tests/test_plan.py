@@ -50,6 +50,7 @@ def test_local_fingerprints_are_the_decode_stages_byte_for_byte(tmp_path, monkey
                                       f"file://{paths[1]}", f"local://{paths[2]}", str(d / "missing.mp4"),
                                       str(d), str(d) + "/", "~/no-such-file.mp4"]
     assert fingerprints(pa.array(uris)).to_pylist() == [_info_fp(u) for u in uris]
+    assert fingerprints(pa.array(["", None], pa.string())).to_pylist() == [None, None]  # a hook's empty target
     video = make_video(tmp_path / "v.mp4", n_frames=20, fps=15, size=(64, 48))
     row = {"video_id": "v", "uri": str(video), "start_sec": None, "end_sec": None}
     decoded = [r for r in decode_video(row, config_mod.load(None, [])) if r["kind"] == "video"][0]

@@ -229,7 +229,7 @@ def fingerprints(uris, storage: Optional[StorageConfig] = None, threads: int = 3
     uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else pa.array(uris, pa.string())
     n = len(uris)
     storage = storage or StorageConfig()
-    allowed = allowed_mask(uris, storage.allowed_protocols)
+    allowed = allowed_mask(uris, storage.allowed_protocols) & _np(pc.greater(pc.utf8_length(uris), 0))  # "": None
     chained = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
     has_scheme = _np(pc.match_substring(uris, "://"))
     is_s3 = _np(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "s3a://"))) & allowed & ~chained
