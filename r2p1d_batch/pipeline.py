@@ -38,8 +38,7 @@ from .planning.placement import (
     task_pool,
 )
 from .planning.todo import CPU_LANE, NVDEC_LANE, Todo
-from .runs import commit, incremental
-from .runs.fingerprints import fingerprints
+from .runs import commit, fingerprints, incremental
 from .runs.summary import RunSummary
 from .runs.writer import RunWriter
 from .storage import aws_env, filesystem
@@ -124,13 +123,19 @@ def plan(cfg: Config, manifest: Manifest, weights: str) -> Todo:
     """Stage 0b (driver): which manifest rows this run labels, from the committed videos rows,
     over columns (no Python object per row). Fingerprints come from listings, not a request per
     video (runs/fingerprints.py: a stat per local file, a LIST per 1,000 S3 keys, nothing for
-    URLs outside storage.allowed_protocols), so skipping costs no decode; the decisions are
-    incremental.decide's. Returns the Todo: a mask over the manifest and the per-decision counts."""
-    targets = manifest.uris
-    if os.environ.get(TEST_HOOKS_ENV) == "1":  # a test's hooked URIs stand for their target files
-        targets = pa.array([hook_target(u) for u in targets.to_pylist()], pa.string())
-    fps = fingerprints(targets, cfg.storage)
-    codes = incremental.decide(manifest.video_id, fps, weights, cfg.output.path, cfg.storage, cfg.run.mode)
+    URLs outside storage.allowed_protocols), so skipping costs no decode; each is folded into a
+    16-byte key as it arrives and the decisions are incremental.decide_keys'. Returns the Todo: a
+    mask over the manifest and the per-decision counts."""
+    hooked = os.environ.get(TEST_HOOKS_ENV) == "1"  # a test's hooked URIs stand for their target files
+    targets = ((i, pa.array([hook_target(u) for u in uris.to_pylist()], pa.string()) if hooked else uris)
+               for i, uris in manifest.uri_batches())
+    keys = incremental.Keys(manifest.num_rows)
+    try:
+        for rows, fps in fingerprints.fingerprint_pieces(targets, cfg.storage):
+            keys.add(rows, manifest.ids(rows), fps)
+        codes = incremental.decide_keys(keys, manifest.video_id, weights, cfg.output.path, cfg.storage, cfg.run.mode)
+    finally:
+        keys.close()
     return Todo(manifest, codes != incremental.CODE[incremental.SKIP], incremental.counts(codes))
 
 

@@ -79,26 +79,29 @@ def check_protocol(uri: str, cfg: Optional[StorageConfig] = None) -> None:
         raise ProtocolNotAllowed(why)
 
 
-def allowed_mask(uris, allowed) -> np.ndarray:
+def allowed_mask(uris, allowed, at=None, odd: Optional[np.ndarray] = None) -> np.ndarray:
     """``disallowed(u, allowed) is None`` for every URI of an Arrow string array, vectorised: the
     common shapes (a path, ``proto://...``) by Arrow kernels, chained (``::``) and ``data:`` URLs
-    (rare) one by one. A null URI is not allowed."""
-    uris = pa.chunked_array([uris]) if isinstance(uris, pa.Array) else uris
+    (rare) one by one. A null URI is not allowed. ``at`` (``pc.find_substring(uris, "://")``)
+    and ``odd`` (those rare rows) are computed here unless the caller has them."""
+    uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
     allowed = list(allowed)
-    odd = pc.fill_null(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")), True)
-    head = pc.extract_regex(uris, r"^(?P<p>.*?)://").combine_chunks() if len(uris) else None
-    out = np.zeros(len(uris), dtype=bool)
-    if head is not None and len(head):
-        proto = head.field("p")
-        # split_protocol: a one-letter "protocol" (C://) is a path; no "://" at all: file
-        proto = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(proto), 1), False), proto, "file")
-        out = pc.fill_null(pc.is_in(proto, pa.array(allowed, pa.string())), False).to_numpy(zero_copy_only=False)
-        out = out.copy()
-    odd_np = odd.to_numpy()
-    for i in np.flatnonzero(odd_np):
+    # split_protocol: the text before the first "://" when it is longer than one character,
+    # else (no "://", or "C://...") a path: "file"
+    at = pc.find_substring(uris, "://") if at is None else at
+    out = _np(pc.less_equal(at, 1)) if "file" in allowed else np.zeros(len(uris), bool)
+    for p in allowed:
+        out |= _np(pc.and_(pc.equal(at, len(p)), pc.starts_with(uris, p + "://")))
+    if odd is None:
+        odd = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
+    for i in np.flatnonzero(odd):
         u = uris[int(i)].as_py()
         out[i] = u is not None and disallowed(u, allowed) is None
-    return out
+    return out & _np(pc.is_valid(uris))
+
+
+def _np(mask) -> np.ndarray:
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
 def with_env(cfg: Optional[StorageConfig] = None, env: Optional[dict] = None) -> StorageConfig:

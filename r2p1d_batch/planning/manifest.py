@@ -8,8 +8,9 @@ file when the manifest is sharded; nothing runs.
 At scale (10M+ rows) nothing here costs a Python object per row: only the columns the plan needs
 (`uri`, `video_id`, `start_sec`, `end_sec`) are read, one Arrow batch at a time; every check is
 an Arrow kernel over a batch; derived ids are DuckDB's sha1 over a batch. What stays in memory is
-the spine (video ids and URIs, Arrow arrays: ~0.8 GB for 10M rows of ~55-byte URIs). The other
-columns pass through to `videos` but stay in the files until the rows to label are read back
+the video ids (an Arrow array: ~160 MB for 10M ids of 12 characters). URIs are read again, a
+batch at a time, when the plan fingerprints them (``Manifest.uri_batches``); the other columns
+pass through to `videos` but stay in the files until the rows to label are read back
 (``Manifest.read``), row group by row group.
 """
 from __future__ import annotations
@@ -29,10 +30,11 @@ import pyarrow.parquet as pq
 
 from .. import schema
 from ..errors import UserError
+from ..runs.incremental import connect, take_rows
 from ..storage import filesystem, is_local
 
 SPINE = ("video_id", "uri", "start_sec", "end_sec")  # what the plan reads; the rest are extras
-BATCH_ROWS = 1 << 20  # rows per Arrow batch while validating (bounds the transient copies)
+BATCH_ROWS = 1 << 18  # rows per Arrow batch while reading (bounds the transient copies)
 ROW_LIMIT = 10  # rows named in a message
 
 
@@ -45,15 +47,27 @@ def derive_video_id(uri: str) -> str:
     return "v" + hashlib.sha1(uri.encode()).hexdigest()[:16]
 
 
-def derive_video_ids(uris: pa.Array) -> pa.Array:
+def derive_video_ids(uris: pa.Array, con: Optional[duckdb.DuckDBPyConnection] = None) -> pa.Array:
     """``derive_video_id`` over an Arrow string array (DuckDB's sha1: same bytes, same ids)."""
-    con = duckdb.connect()
+    own = con is None
+    con = connect() if own else con
     try:
         con.register("batch", pa.table({"u": uris}))
         out = con.sql("SELECT 'v' || substr(sha1(u), 1, 16) AS v FROM batch").to_arrow_table()
+        con.unregister("batch")
     finally:
-        con.close()
+        if own:
+            con.close()
     return out.column("v").cast(pa.string()).combine_chunks()
+
+
+def _id_hashes(con: duckdb.DuckDBPyConnection, ids: pa.Array) -> np.ndarray:
+    """The high 64 bits of each id's MD5 (duplicates are looked for among equal hashes)."""
+    con.register("ids", pa.table({"v": ids}))
+    try:
+        return con.sql("SELECT (md5_number(v) >> 64)::UBIGINT AS h FROM ids").fetchnumpy()["h"]
+    finally:
+        con.unregister("ids")
 
 
 # -- where a bad row is ------------------------------------------------------------------------
@@ -105,7 +119,7 @@ _MESSAGES = {
 
 
 class _Checker:
-    """Validates a manifest batch by batch and keeps its spine (video_id, uri)."""
+    """Validates a manifest batch by batch and keeps its video ids."""
 
     def __init__(self, where: str, sch: pa.Schema, sharded: bool):
         self.where, self.schema, self.sharded = where, sch, sharded
@@ -114,7 +128,8 @@ class _Checker:
         self.bad: dict[str, _Bad] = {k: _Bad() for k in (*_BEFORE_DUPLICATES, *_AFTER_DUPLICATES)}
         self.type_errors: dict[str, str] = {}
         self.ids: list[pa.Array] = []
-        self.uris: list[pa.Array] = []
+        self.hashes: list[np.ndarray] = []
+        self.con = connect()
 
     def _cast(self, batch: pa.RecordBatch | pa.Table, name: str, typ: pa.DataType, fname: str):
         try:
@@ -136,10 +151,10 @@ class _Checker:
             if vid is not None:
                 self.bad["video_id"].add(fname, offset, pc.is_null(vid))
         else:
-            vid = derive_video_ids(pc.fill_null(uri, "")) if uri is not None else None
+            vid = derive_video_ids(pc.fill_null(uri, ""), self.con) if uri is not None else None
         if uri is not None and vid is not None:
-            self.uris.append(_array(uri))
             self.ids.append(_array(vid))
+            self.hashes.append(_id_hashes(self.con, self.ids[-1]))
         start = self._cast(batch, "start_sec", pa.float64(), fname) if "start_sec" in self.names else None
         end = self._cast(batch, "end_sec", pa.float64(), fname) if "end_sec" in self.names else None
         if start is not None:
@@ -156,18 +171,29 @@ class _Checker:
                 raise ManifestError(self.type_errors[kind[5:]])
             raise ManifestError(f"{self.where}: " + _MESSAGES[kind].format(rows=bad.text(self.sharded)))
 
-    def finish(self) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    def finish(self) -> pa.ChunkedArray:
+        self.con.close()
         self._raise_first(_BEFORE_DUPLICATES)
         ids = pa.chunked_array(self.ids, pa.string())
-        uris = pa.chunked_array(self.uris, pa.string())
-        if len(pc.unique(ids)) < len(ids):
-            counts = pc.value_counts(ids)  # in order of first appearance
+        # Duplicates: equal ids have equal hashes, so only rows whose hash repeats are compared
+        # (16 bytes a row for a moment, where a hash set of the strings took ~40).
+        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, np.uint64)
+        self.hashes = []
+        ordered = np.sort(hashes)
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        del ordered
+        if len(repeated):
+            rows = np.flatnonzero(np.isin(hashes, repeated))
+            counts = pc.value_counts(ids.take(pa.array(rows)))  # in order of first appearance
             dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        else:
+            dup = pa.array([], pa.string())
+        if len(dup):
             what = "video_id" if self.has_id else "uri (no video_id column)"
             shown = dup.slice(0, 10).to_pylist()
             raise ManifestError(f"{self.where}: duplicate {what} values: {shown}{' …' if len(dup) > 10 else ''}")
         self._raise_first(_AFTER_DUPLICATES)
-        return ids, uris
+        return ids
 
 
 def _array(a) -> pa.Array:
@@ -209,15 +235,16 @@ def validate(table: pa.Table, where: str = "manifest") -> pa.Table:
     checker = _Checker(where, table.schema, sharded=False)
     for start in range(0, table.num_rows, BATCH_ROWS):
         checker.add(table.slice(start, BATCH_ROWS), "", start)
-    ids, _ = checker.finish()
+    ids = checker.finish()
     return _normalise(table, ids, _normalised_schema(table.schema))
 
 
 # -- the manifest on storage -------------------------------------------------------------------
 @dataclass
 class Manifest:
-    """A validated manifest: where its files are and its spine (video ids and URIs, manifest
-    order). ``read`` streams the full rows (extras included) of any subset back from the files.
+    """A validated manifest: where its files are and its video ids (manifest order).
+    ``uri_batches`` streams the URIs back from the files, ``read`` the full rows (extras
+    included) of any subset.
 
     Extras (pass-through columns) are never held for the whole manifest: the rows to label carry
     them (``read``), which is how the `videos` writer gets them."""
@@ -229,7 +256,6 @@ class Manifest:
     file_rows: list[int]
     file_schema: pa.Schema  # as stored (the same in every shard)
     video_id: pa.ChunkedArray
-    uris: pa.ChunkedArray
 
     @property
     def num_rows(self) -> int:
@@ -244,13 +270,29 @@ class Manifest:
     def extras(self) -> list[str]:
         return [n for n in self.file_schema.names if n not in SPINE]
 
+    def ids(self, rows: np.ndarray) -> pa.Array:
+        """The video ids of manifest rows ``rows`` (any order), taken chunk by chunk: Arrow's
+        take on the whole chunked column would first concatenate all of it."""
+        return take_rows(self.video_id, rows)
+
     def column(self, name: str) -> pa.ChunkedArray:
-        """A spine column (``video_id`` or ``uri``); the others are read with ``read``."""
+        """``video_id`` (held in memory); the other columns are read back with ``uri_batches``
+        or ``read``."""
         if name == "video_id":
             return self.video_id
-        if name == "uri":
-            return self.uris
-        raise KeyError(f"{name!r} is not held in memory; use Manifest.read")
+        raise KeyError(f"{name!r} is not held in memory; use Manifest.uri_batches or Manifest.read")
+
+    def uri_batches(self, rows: int = BATCH_ROWS) -> Iterator[tuple[int, pa.Array]]:
+        """(first row, URIs) of the whole manifest, a batch at a time, read again from the files."""
+        offset = 0
+        for path, name, n in zip(self.files, self.names, self.file_rows):
+            with self.fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                if pf.metadata.num_rows != n:
+                    raise ManifestError(f"{self.uri}: {name} changed while the job was reading it")
+                for batch in pf.iter_batches(batch_size=rows, columns=["uri"]):
+                    yield offset, _array(batch.column(0).cast(pa.string()))
+                    offset += batch.num_rows
 
     def read(self, mask: Optional[np.ndarray] = None) -> Iterator[pa.Table]:
         """The normalised rows where ``mask`` (bool per manifest row; None: all), in manifest
@@ -368,5 +410,6 @@ def read_manifest(uri: str, storage=None) -> Manifest:
                     offset += batch.num_rows
         except (pa.ArrowInvalid, OSError) as e:
             raise unreadable(name, e) from None
-    ids, uris = checker.finish()
-    return Manifest(uri, fs, files, names, file_rows, sch, ids, uris)
+    ids = checker.finish()
+    pa.default_memory_pool().release_unused()  # the batches' buffers, kept by the allocator otherwise
+    return Manifest(uri, fs, files, names, file_rows, sch, ids)

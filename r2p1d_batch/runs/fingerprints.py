@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 from urllib.parse import unquote
@@ -39,6 +40,9 @@ from ..storage import allowed_mask, filesystem, fingerprint, s3_client
 log = logging.getLogger("r2p1d_batch")
 
 CHUNK = 1 << 16  # local rows per stat task
+# Threads stat'ing local files: the syscall releases the GIL, the rest does not. Measured on the
+# 2-vCPU machine: more than 2 was slower, and each thread's malloc arena kept ~50 MB.
+LOCAL_THREADS = 2
 LIST_MAX_KEYS = 1000  # S3's page size for ListObjectsV2
 
 
@@ -48,14 +52,18 @@ def _np(mask) -> np.ndarray:
 
 
 def _local_paths(uris: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """(paths as fsspec's LocalFileSystem resolves them, rows that need the slow path)."""
-    p = pc.replace_substring_regex(uris, "^(?:file://|file:|local://|local:)", "")
+    """(paths as fsspec's LocalFileSystem resolves them, rows that need the slow path). Each
+    rewrite runs only where some URI needs it (most manifests: absolute paths, none does)."""
+    p = uris
+    if _np(pc.or_(pc.starts_with(p, "file:"), pc.starts_with(p, "local:"))).any():
+        p = pc.replace_substring_regex(p, "^(?:file://|file:|local://|local:)", "")
     odd = _np(pc.starts_with(p, "~"))  # home-relative: left to fsspec
     rel = pc.invert(pc.starts_with(p, "/"))
     if _np(rel).any():  # make_path_posix: "./x" and "x" live under the working directory
         body = pc.if_else(pc.equal(p, "."), "", pc.replace_substring_regex(p, r"^\./", ""))
         p = pc.if_else(rel, pc.binary_join_element_wise(os.getcwd() + "/", body, ""), p)
-    p = pc.if_else(pc.greater(pc.utf8_length(p), 1), pc.utf8_rtrim(p, "/"), p)
+    if _np(pc.ends_with(p, "/")).any():
+        p = pc.if_else(pc.greater(pc.utf8_length(p), 1), pc.utf8_rtrim(p, "/"), p)
     return p, odd
 
 
@@ -63,15 +71,17 @@ def _format_local(size: np.ndarray, mtime: np.ndarray) -> pa.Array:
     """``storage.fingerprint`` of local fs.info dicts, from their size and mtime columns:
     ``size:{size}/mtime:{mtime!r}`` (an mtime of 0.0 is falsy there: "None")."""
     m = pa.array(mtime)
-    text = pc.cast(m, pa.string())
-    plain = pc.match_substring_regex(text, r"[.eEn]")
-    text = pc.if_else(plain, text, pc.binary_join_element_wise(text, ".0", ""))  # repr(1.0) == "1.0"
+    text = pc.cast(m, pa.string())  # Python's repr in [1e-4, 1e10) (tested), but for "1.0"
+    whole = pc.invert(pc.match_substring(text, "."))
+    if _np(whole).any():
+        text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
     a = np.abs(mtime)
-    odd = np.flatnonzero(~((a >= 1e-4) & (a < 1e10)) & (mtime != 0))  # Arrow writes exponents there
-    if len(odd):
-        text = pc.replace_with_mask(text, pa.array(np.isin(np.arange(len(mtime)), odd)),
-                                    pa.array([repr(float(mtime[i])) for i in odd], pa.string()))
-    text = pc.if_else(pc.equal(m, 0.0), "None", text)
+    odd = ~((a >= 1e-4) & (a < 1e10)) & (mtime != 0)  # Arrow writes exponents there
+    if odd.any():
+        text = pc.replace_with_mask(text, pa.array(odd),
+                                    pa.array([repr(float(v)) for v in mtime[odd]], pa.string()))
+    if (mtime == 0).any():
+        text = pc.if_else(pc.equal(m, 0.0), "None", text)
     return pc.binary_join_element_wise("size:", pc.cast(pa.array(size), pa.string()), "/mtime:", text, "")
 
 
@@ -174,34 +184,59 @@ def _walk(client, fs, bucket: str, prefix: str, names: list[str]) -> list[Option
     return out
 
 
-def _s3(uris: pa.Array, rows: np.ndarray, storage, threads: int) -> tuple[np.ndarray, pa.Array, np.ndarray]:
-    """(rows answered, their fingerprints, rows left to the slow path) for S3 URIs ``uris``:
-    grouped by bucket and parent prefix, one walk per group, groups in threads."""
-    path = pc.replace_substring_regex(uris, "^s3a?://", "")
-    parts = pc.extract_regex(path, r"^(?P<bucket>[^/]+)/(?P<prefix>(?:.*/)?)(?P<name>[^/]+)$")
-    ok = _np(pc.is_valid(parts))
-    slow = rows[~ok]
-    rows, parts = rows[ok], parts.filter(pa.array(ok))
-    if not len(rows):
-        return rows, pa.array([], pa.string()), slow
-    group = pc.binary_join_element_wise(parts.field("bucket"), parts.field("prefix"), "/")
-    codes = pc.dictionary_encode(group).indices.to_numpy()
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    names_all, buckets, prefixes = parts.field("name"), parts.field("bucket"), parts.field("prefix")
-    groups = []
-    for idx in np.split(order, bounds):
-        names = names_all.take(pa.array(idx)).to_pylist()
-        by_name = sorted(range(len(names)), key=names.__getitem__)
-        first = int(idx[0])
-        groups.append((buckets[first].as_py(), prefixes[first].as_py(), [names[k] for k in by_name], idx[by_name]))
-    fs, _ = filesystem("s3://" + groups[0][0], storage)
-    client = _lister(storage)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        found = list(pool.map(lambda g: _walk(client, fs, g[0], g[1], g[2]), groups))
-    got_rows = np.concatenate([g[3] for g in groups])
-    values = pa.array([v for vals in found for v in vals], pa.string())
-    return rows[got_rows], values, slow
+class _S3Rows:
+    """The S3 rows met so far, kept compactly (group id, key name, row number) and walked together
+    at the end: a prefix is listed once, however its rows are spread through the manifest."""
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}  # "bucket/prefix/" -> group id
+        self.where: list[tuple[str, str]] = []  # group id -> (bucket, prefix)
+        self.gids: list[np.ndarray] = []
+        self.names: list[pa.Array] = []
+        self.rows: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray, uris: pa.Array) -> np.ndarray:
+        """Keep ``uris`` (S3) of manifest rows ``rows``; returns the rows whose URI has no
+        bucket/key shape (left to fs.info)."""
+        path = pc.replace_substring_regex(uris, "^s3a?://", "")
+        parts = pc.extract_regex(path, r"^(?P<bucket>[^/]+)/(?P<prefix>(?:.*/)?)(?P<name>[^/]+)$")
+        ok = _np(pc.is_valid(parts))
+        parts = parts.filter(pa.array(ok))
+        enc = pc.dictionary_encode(pc.binary_join_element_wise(parts.field("bucket"), parts.field("prefix"), "/"))
+        local_to_global = []
+        for g in enc.dictionary.to_pylist():  # one Python string per group, not per row
+            if g not in self.ids:
+                self.ids[g] = len(self.where)
+                bucket, _, prefix = g.partition("/")
+                self.where.append((bucket, prefix))
+            local_to_global.append(self.ids[g])
+        self.gids.append(np.asarray(local_to_global, np.int64)[enc.indices.to_numpy()] if len(parts) else
+                         np.zeros(0, np.int64))
+        self.names.append(parts.field("name"))
+        self.rows.append(rows[ok])
+        return rows[~ok]
+
+    def walk(self, storage, threads: int) -> Iterator[tuple[np.ndarray, pa.Array]]:
+        """(rows, fingerprints) per group, groups listed in threads."""
+        if not self.where:
+            return
+        gids = np.concatenate(self.gids)
+        rows = np.concatenate(self.rows)
+        names = pa.chunked_array(self.names, pa.string())
+        order = np.argsort(gids, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(gids[order])) + 1)
+        fs, _ = filesystem("s3://" + self.where[0][0], storage)
+        client = _lister(storage)
+
+        def one(idx: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+            wanted = names.take(pa.array(idx)).to_pylist()  # this group's names only, while it is walked
+            by_name = sorted(range(len(wanted)), key=wanted.__getitem__)
+            bucket, prefix = self.where[int(gids[idx[0]])]
+            found = _walk(client, fs, bucket, prefix, [wanted[k] for k in by_name])
+            return rows[idx[by_name]], pa.array(found, pa.string())
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield from pool.map(one, groups)
 
 
 # -- anything else: fs.info per row ----------------------------------------------------------------
@@ -222,45 +257,54 @@ def _slow(uris: list[str], storage, threads: int) -> list[Optional[str]]:
         return list(pool.map(lambda u: _one(u, storage), uris))
 
 
-# -- the plan's entry point --------------------------------------------------------------------------
-def fingerprints(uris, storage: Optional[StorageConfig] = None, threads: int = 32) -> pa.Array:
+# -- the plan's entry points ---------------------------------------------------------------------------
+def fingerprint_pieces(chunks: Iterable[tuple[int, pa.Array]], storage: Optional[StorageConfig] = None,
+                       threads: int = 32) -> Iterator[tuple[np.ndarray, pa.Array]]:
+    """Fingerprints of a manifest's URIs, given as (first row, URI array) chunks: yields (row
+    numbers, fingerprints) pieces, every row exactly once. Local, other and not-allowed rows are
+    answered chunk by chunk; S3 rows are listed after the last chunk, prefix by prefix. Memory:
+    one chunk, plus ~40 bytes per S3 row until the end."""
+    storage = storage or StorageConfig()
+    s3 = _S3Rows()
+    for offset, uris in chunks:
+        uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
+        rows = offset + np.arange(len(uris), dtype=np.int64)
+        at = pc.find_substring(uris, "://")
+        chained = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
+        allowed = allowed_mask(uris, storage.allowed_protocols, at, chained)
+        allowed &= _np(pc.greater(pc.utf8_length(uris), 0))  # "" (a test hook's empty target): None
+        has_scheme = _np(pc.greater_equal(at, 0))
+        is_s3 = _np(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "s3a://"))) & allowed & ~chained
+        local_scheme = _np(pc.or_(pc.starts_with(uris, "file://"), pc.starts_with(uris, "local://")))
+        is_local = allowed & ~chained & (~has_scheme | local_scheme)
+        other = allowed & ~is_s3 & ~is_local
+        if not allowed.all():
+            yield rows[~allowed], pa.nulls(int((~allowed).sum()), pa.string())
+        if is_local.any():
+            paths, odd = _local_paths(uris.filter(pa.array(is_local)))
+            local_rows = np.flatnonzero(is_local)
+            yield rows[local_rows[~odd]], _local(paths.filter(pa.array(~odd)), min(threads, LOCAL_THREADS))
+            other[local_rows[odd]] = True
+        if is_s3.any():
+            other[s3.add(np.flatnonzero(is_s3), uris.filter(pa.array(is_s3)))] = True
+        if other.any():
+            yield rows[other], pa.array(_slow(uris.filter(pa.array(other)).to_pylist(), storage, threads), pa.string())
+    yield from s3.walk(storage, threads)
+
+
+def fingerprints(uris, storage: Optional[StorageConfig] = None, threads: int = 32, chunk: int = 1 << 18) -> pa.Array:
     """Fingerprint per URI (an Arrow string array; None where unknown or not allowed), as the
     decode stage would record it. See the module docstring for what each kind of URI costs."""
     uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else pa.array(uris, pa.string())
     n = len(uris)
-    storage = storage or StorageConfig()
-    allowed = allowed_mask(uris, storage.allowed_protocols) & _np(pc.greater(pc.utf8_length(uris), 0))  # "": None
-    chained = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
-    has_scheme = _np(pc.match_substring(uris, "://"))
-    is_s3 = _np(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "s3a://"))) & allowed & ~chained
-    local_scheme = _np(pc.or_(pc.starts_with(uris, "file://"), pc.starts_with(uris, "local://")))
-    is_local = allowed & ~chained & (~has_scheme | local_scheme)
-    other = allowed & ~is_s3 & ~is_local
-
-    sources: list[tuple[np.ndarray, pa.Array]] = []
-    rows = np.flatnonzero(is_local)
-    if len(rows):
-        paths, odd = _local_paths(uris.take(pa.array(rows)))
-        keep = ~odd
-        sources.append((rows[keep], _local(paths.filter(pa.array(keep)), min(threads, 8))))
-        other[rows[odd]] = True
-    rows = np.flatnonzero(is_s3)
-    if len(rows):
-        got, values, slow = _s3(uris.take(pa.array(rows)), rows, storage, threads)
-        sources.append((got, values))
-        other[slow] = True
-    rows = np.flatnonzero(other)
-    if len(rows):
-        sources.append((rows, pa.array(_slow(uris.take(pa.array(rows)).to_pylist(), storage, threads), pa.string())))
-
-    sources = [(r, v) for r, v in sources if len(r)]
-    if len(sources) == 1 and len(sources[0][0]) == n and (np.diff(sources[0][0]) > 0).all():
-        return sources[0][1]  # the usual case: one kind of URI, in manifest order
+    pieces = [(r, v) for r, v in fingerprint_pieces(((i, uris.slice(i, chunk)) for i in range(0, n, chunk)),
+                                                   storage, threads) if len(r)]
+    if len(pieces) == 1 and len(pieces[0][0]) == n and (np.diff(pieces[0][0]) > 0).all():
+        return pieces[0][1]  # the usual case: local files, in manifest order
     pos = np.full(n, -1, dtype=np.int64)
     start = 0
-    for r, _ in sources:
+    for r, _ in pieces:
         pos[r] = np.arange(start, start + len(r))
         start += len(r)
-    values = pa.concat_arrays([v for _, v in sources]) if sources else pa.array([], pa.string())
+    values = pa.concat_arrays([v for _, v in pieces]) if pieces else pa.array([], pa.string())
     return values.take(pa.array(pos, mask=pos < 0))
-
