@@ -122,20 +122,28 @@ def _table(rows: list[dict], sch: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=sch)
 
 
+# A video's clips are held back in the decode task until its video row says how it ended: a
+# video whose decode fails half-way then sends no clip on at all (the workers write clips before
+# the driver sees the video row). Up to this many clips, ~37 MiB of uint8 pixels per decode task
+# (588 KiB each); past it a long video streams as before, and if it then fails, the driver drops
+# its clips from the written files at commit (runs/writer.py): rare, and repaired there.
+HOLD_CLIPS = 64
+
+
 class DecodeStage:
     """map_batches fn: manifest rows in, blocks of at most ``clips_per_block`` rows out."""
 
     gpu = None  # decode_lanes.NvdecDecodeStage sets its NVDEC lane here
 
-    def __init__(self, cfg: Config, run_id: str = ""):
-        self.cfg, self.run_id = cfg, run_id
+    def __init__(self, cfg: Config, run_id: str = "", hold_clips: int = HOLD_CLIPS):
+        self.cfg, self.run_id, self.hold_clips = cfg, run_id, hold_clips
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        buf: list[dict] = []
+        buf: list[dict] = []  # rows ready to go, in order
         clips = 0
         ledger = CrashLedger(self.run_id)
         for row in batch.to_pylist():
-            for out in decode_video(row, self.cfg, ledger, self.gpu):
+            for out in self._released(decode_video(row, self.cfg, ledger, self.gpu)):
                 buf.append(out)
                 # Only clips fill a block (588 KiB each); video rows are a few hundred bytes and
                 # ride along, so a task of error rows sends one block, not one per 8 rows.
@@ -145,3 +153,25 @@ class DecodeStage:
                     buf, clips = [], 0
         if buf:
             yield _table(buf, schema.DECODED)
+
+    def _released(self, rows: Iterator[dict]) -> Iterator[dict]:
+        """One video's rows as they may leave the task: its clips held until its video row,
+        then sent on if it is ok and dropped if not, unless there were more than
+        ``hold_clips`` (then they stream). The video row's num_clips counts the clips sent on."""
+        held: list[dict] = []
+        sent = 0
+        for r in rows:
+            if r["kind"] == "clip":
+                if sent or len(held) >= self.hold_clips:  # past the bound: stream
+                    yield from held
+                    sent += len(held) + 1
+                    held = []
+                    yield r
+                else:
+                    held.append(r)
+                continue
+            if r["status"] == "ok":
+                yield from held
+                sent += len(held)
+            yield {**r, "num_clips": sent}
+            held, sent = [], 0
