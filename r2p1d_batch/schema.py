@@ -125,9 +125,12 @@ LABELED = pa.schema(
 # - "file": the file itself: `rows` written (0: the batch had no clip, no file), the model's
 #   `weights`/`runtime` of its first clip, and the (labeled_at, labeled_clips) pairs of the
 #   classifier batches its clips came from;
-# - "clips": one video's clips in the file: `rows` clips, their `clip_indices` (ascending) and
-#   `prob_sum`, the float64 sum of their softmax;
-# - "video": a video row of the batch, passed through without scores.
+# - "video": a video row of the batch, passed through without clip scores. `whole`: all its
+#   clips were in this batch (num_clips of them, once each); it is then finished: an ok one
+#   carries its video-level `label`, `score`, `topk_labels`, `topk_scores`, a failed one's clips
+#   were left out of the file;
+# - "clips": the clips in the file of one video that is not whole here: `rows` clips, their
+#   `clip_indices` (ascending) and `prob_sum`, the float64 sum of their softmax.
 WRITE_REPORT = pa.schema(
     [("kind", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
      ("video_id", pa.string()), ("uri", pa.string())]
@@ -136,6 +139,11 @@ WRITE_REPORT = pa.schema(
         ("decode_sec", pa.float64()),
         ("weights", pa.string()),
         ("runtime", pa.string()),
+        ("whole", pa.bool_()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("topk_labels", TOPK),
+        ("topk_scores", pa.list_(pa.float32())),
         ("clip_indices", pa.list_(pa.int32())),
         ("prob_sum", pa.list_(pa.float64())),
         ("labeled_at", pa.list_(pa.float64())),

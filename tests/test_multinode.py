@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,8 +25,17 @@ from r2p1d_batch import config as config_mod
 from r2p1d_batch.classifying.stage import ClassifierActor
 from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
 from r2p1d_batch.decoding.stage import DecodeStage
-from r2p1d_batch.planning.placement import FusedStagesError, check_two_stages, physical_operators, stage_args
+from r2p1d_batch.planning.placement import (
+    FusedStagesError,
+    check_stages,
+    physical_operators,
+    stage_args,
+    task_pool,
+    writer_args,
+)
+from r2p1d_batch.planning.sizing import writer_tasks
 from r2p1d_batch.runs import commit
+from r2p1d_batch.runs.clip_writer import ClipWriter, batch_rows
 
 from tests.helpers import REPO as ROOT
 from tests.helpers.local_ray import init_local_ray
@@ -201,10 +212,19 @@ def node_of(actor_or_task) -> str:
 
 
 # -- the plan Ray will execute -------------------------------------------------------------------
-def test_decode_and_classify_stay_two_operators_for_every_profile(cluster, tmp_path):
+def _writer_stage(ds, cfg):
+    """The writer stage as the pipeline adds it (runs/clip_writer.py)."""
+    clip_writer = ClipWriter("unused", model="m", sampling="s", created_at=datetime.now(timezone.utc),
+                             labels=np.array(["a"], dtype=object), topk_n=1)
+    return ds.map_batches(clip_writer, batch_size=batch_rows(cfg.output.rows_per_file),
+                          batch_format="pyarrow", compute=task_pool(writer_tasks(cfg)), **writer_args(cfg))
+
+
+def test_decode_classify_and_write_stay_three_operators_for_every_profile(cluster, tmp_path):
     """The optimized physical plan has decode as a task operator feeding the classifier's actor
-    operator, for the default, CPU and cluster profiles, without any deprecated argument; and the
-    check fails on the plan Ray builds when the stages' arguments are equal (it fuses)."""
+    operator, feeding the writer's task operator, for the default, CPU and cluster profiles,
+    without any deprecated argument; and the check fails on the plan Ray builds when the decode
+    and classify stages' arguments are equal (it fuses)."""
     import warnings
 
     import ray
@@ -221,16 +241,19 @@ def test_decode_and_classify_stay_two_operators_for_every_profile(cluster, tmp_p
             ).map_batches(ClassifierActor, fn_constructor_kwargs={"cfg": cfg}, batch_format="pyarrow",
                           batch_size=cfg.model.effective_batch_size,
                           compute=ray.data.ActorPoolStrategy(size=1), **classify)
-        ops = check_two_stages(ds)
-        assert ops[0] == "ActorPoolMapOperator[MapBatches(ClassifierActor)]", (profile, ops)
-        assert ops[1] == "TaskPoolMapOperator[MapBatches(DecodeStage)]", (profile, ops)
+            ds = _writer_stage(ds, cfg)
+        ops = check_stages(ds)
+        assert ops[0] == "TaskPoolMapOperator[MapBatches(ClipWriter)]", (profile, ops)
+        assert ops[1] == "ActorPoolMapOperator[MapBatches(ClassifierActor)]", (profile, ops)
+        assert ops[2] == "TaskPoolMapOperator[MapBatches(DecodeStage)]", (profile, ops)
 
     cfg = config_mod.load(None, ["model.weights=random"], manifest="m")
     fused = ray.data.from_items(rows).map_batches(DecodeStage(cfg), batch_size=1, num_cpus=1).map_batches(
         ClassifierActor, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    fused = _writer_stage(fused, cfg)
     assert any("DecodeStage" in op and "ClassifierActor" in op for op in physical_operators(fused))
-    with pytest.raises(FusedStagesError, match="two operators"):
-        check_two_stages(fused)
+    with pytest.raises(FusedStagesError, match="three operators"):
+        check_stages(fused)
 
 
 # -- a clean run: where each stage ran, and the actor pool growing under load ---------------------
