@@ -107,10 +107,17 @@ def test_writer_writes_the_clips_rows_and_reports_whole_videos_and_partial_sums(
     (c,) = [r for r in rows if r["kind"] == "clips"]  # only c is partial here
     assert (c["video_id"], c["rows"], c["clip_indices"]) == ("c", 2, [0, 1])
     np.testing.assert_allclose(c["prob_sum"], probs[[8, 9]].astype(np.float64).sum(0), rtol=1e-12)
+    # the same rows as Ray hands them over: several chunks, slices of bigger arrays
+    chunked = pa.concat_tables([batch.slice(0, 3), batch.slice(3, 6), batch.slice(9)])
+    assert chunked.column("probs").num_chunks == 3
+    again = writer(chunked).to_pylist()
+    assert [{k: v for k, v in r.items() if k != "file"} for r in again] == [
+        {k: v for k, v in r.items() if k != "file"} for r in rows]
+    assert pq.read_table(tmp_path / again[0]["file"]).equals(written)
     # a batch of video rows only: no file, a report all the same
     only = writer(batch.filter(pc.equal(batch.column("kind"), "video"))).to_pylist()
     assert [r["kind"] for r in only] == ["file"] + ["video"] * 4 and only[0]["rows"] == 0
-    assert len(list(tmp_path.glob("*.parquet"))) == 1
+    assert len(list(tmp_path.glob("*.parquet"))) == 2
 
 
 def _decode(cfg, rows: list[dict], **kw) -> list[dict]:

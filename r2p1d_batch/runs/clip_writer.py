@@ -75,17 +75,18 @@ class ClipWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         name = f"part-{uuid.uuid4().hex}.parquet"
-        is_clip = pc.equal(batch.column("kind"), "clip")
-        clips, videos = batch.filter(is_clip), batch.filter(pc.invert(is_clip))
-        per = PerVideo.of(clips)
+        is_clip = pc.equal(batch.column("kind"), "clip").to_numpy(zero_copy_only=False)
+        clip_rows = np.flatnonzero(is_clip)  # row numbers, not a filtered copy of the batch's 4 KB rows
+        videos = batch.take(np.flatnonzero(~is_clip))
+        per = PerVideo.of(batch, clip_rows)
         whole = _whole(per, videos)
-        keep = clips.filter(pa.array(~np.isin(per.codes, whole.dropped_codes))) if len(whole.dropped_codes) else clips
-        if keep.num_rows:
-            self._write(name, clip_table(keep, self.model, self.sampling, self.created_at))
+        keep = clip_rows[~np.isin(per.codes, whole.dropped_codes)] if len(whole.dropped_codes) else clip_rows
+        if len(keep):
+            self._write(name, clip_table(batch, keep, self.model, self.sampling, self.created_at))
             hooks = test_hooks()
             if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only): die before reporting
-                hooks.writer_exit(keep.column("uri").to_pylist())
-        return pa.concat_tables([_file_row(name, clips, keep.num_rows),
+                hooks.writer_exit(batch.column("uri").take(keep).to_pylist())
+        return pa.concat_tables([_file_row(name, batch, clip_rows, len(keep)),
                                  _video_rows(name, videos, per, whole, self.labels, self.topk_n),
                                  _partial_clips(name, per, whole)])
 
@@ -96,17 +97,20 @@ class ClipWriter:
             pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
-def clip_table(clips: pa.Table, model: str, sampling: str, created_at: datetime) -> pa.Table:
-    """LABELED clip rows -> `clips` rows (schema.CLIPS), sorted by video and clip index."""
-    n = clips.num_rows
+def clip_table(batch: pa.Table, rows: np.ndarray, model: str, sampling: str, created_at: datetime) -> pa.Table:
+    """The LABELED batch's clip ``rows`` -> `clips` rows (schema.CLIPS), sorted by video and clip
+    index: one take of the batch."""
+    keys = pa.table({k: batch.column(k).take(rows) for k, _ in SORT_KEYS})
+    rows = rows[pc.sort_indices(keys, sort_keys=SORT_KEYS).to_numpy()]
+    n = len(rows)
     constant = {
         "model": pa.repeat(pa.scalar(model, pa.string()), n),
         "sampling": pa.repeat(pa.scalar(sampling, pa.string()), n),
         "created_at": pa.repeat(pa.scalar(created_at, schema.CLIPS.field("created_at").type), n),
     }
-    columns = [constant[f.name] if f.name in constant else clips.column(f.name) for f in schema.CLIPS]
-    table = pa.Table.from_arrays(columns, schema=schema.CLIPS)
-    return table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+    taken = batch.select([f.name for f in schema.CLIPS if f.name not in constant]).take(rows)
+    columns = [constant[f.name] if f.name in constant else taken.column(f.name) for f in schema.CLIPS]
+    return pa.Table.from_arrays(columns, schema=schema.CLIPS)
 
 
 @dataclass
@@ -124,13 +128,13 @@ class PerVideo:
     sums: np.ndarray  # (m, classes) float64
 
     @classmethod
-    def of(cls, clips: pa.Table) -> PerVideo:
-        """Vectorised: the sums are taken over runs of one video's rows (a decode block keeps a
-        video's clips together), then over each video's runs."""
-        ids = clips.column("video_id").combine_chunks().dictionary_encode()
+    def of(cls, batch: pa.Table, clip_rows: np.ndarray) -> PerVideo:
+        """The batch's clip rows ``clip_rows``, vectorised: the sums are taken over runs of one
+        video's rows (a decode block keeps a video's clips together), then over each video's runs."""
+        ids = batch.column("video_id").take(clip_rows).combine_chunks().dictionary_encode()
         codes = ids.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         m = len(ids.dictionary)
-        probs = _probs_matrix(clips.column("probs"))
+        probs = _probs_matrix(batch.column("probs"), clip_rows)
         counts = np.bincount(codes, minlength=m)
         sums = np.zeros((m, probs.shape[1]))
         if len(codes):
@@ -140,7 +144,7 @@ class PerVideo:
             order = np.argsort(run_codes, kind="stable")
             first = np.flatnonzero(np.r_[True, np.diff(run_codes[order]) != 0])
             sums = np.add.reduceat(run_sums[order], first, axis=0)  # row j: code j (every code occurs)
-        clip_index = clips.column("clip_index").to_numpy(zero_copy_only=False)
+        clip_index = batch.column("clip_index").take(clip_rows).to_numpy(zero_copy_only=False)
         indices = clip_index[np.lexsort((clip_index, codes))].astype(np.int32)  # by code, then clip index
         offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
         return cls(ids.dictionary, codes, counts, offsets, indices, has_repeat(offsets, indices), sums)
@@ -170,9 +174,10 @@ def _whole(per: PerVideo, videos: pa.Table) -> Whole:
     return Whole(whole, codes, codes[failed])
 
 
-def _file_row(name: str, clips: pa.Table, written: int) -> pa.Table:
-    times, counts = np.unique(clips.column("labeled_at").to_numpy(), return_counts=True)
-    first = {k: clips.column(k)[0].as_py() for k in ("weights", "runtime")} if clips.num_rows else {}
+def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: int) -> pa.Table:
+    labeled_at = batch.column("labeled_at").to_numpy()[clip_rows]
+    times, counts = np.unique(labeled_at, return_counts=True)
+    first = {k: batch.column(k)[int(clip_rows[0])].as_py() for k in ("weights", "runtime")} if len(clip_rows) else {}
     return _rows(1, kind="file", file=name, rows=[written], weights=[first.get("weights")],
                  runtime=[first.get("runtime")], labeled_at=[times.tolist()], labeled_clips=[counts.tolist()])
 
@@ -212,14 +217,21 @@ def _partial_clips(name: str, per: PerVideo, whole: Whole) -> pa.Table:
     )
 
 
-def _probs_matrix(probs: pa.ChunkedArray) -> np.ndarray:
-    """The clip rows' softmaxes as one float32 (N, classes) array (equal-length lists)."""
-    arr = probs.combine_chunks()
-    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths != lengths[0]).any():
-        raise ValueError(f"probs of {sorted(set(lengths.tolist()))} classes in one batch")
-    values = arr.flatten().to_numpy()
-    return values.reshape(len(arr), -1) if len(arr) else values.reshape(0, 0)
+def _probs_matrix(probs: pa.ChunkedArray, clip_rows: np.ndarray) -> np.ndarray:
+    """The clip rows' softmaxes as one float32 (N, classes) array. The classifier leaves other
+    rows' lists null and empty, so the list values are the clips' softmaxes in row order: no
+    copy of them where the column is one chunk."""
+    arr = probs.combine_chunks() if probs.num_chunks != 1 else probs.chunk(0)
+    offsets = arr.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    classes = int(lengths[clip_rows[0]]) if len(clip_rows) else 0
+    if (lengths[clip_rows] != classes).any():
+        raise ValueError(f"probs of {sorted(set(lengths[clip_rows].tolist()))} classes in one batch")
+    if lengths.sum() == classes * len(clip_rows):
+        values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy()
+    else:  # other rows hold values too
+        values = pc.list_flatten(arr.take(pa.array(clip_rows))).to_numpy()
+    return values.reshape(len(clip_rows), classes)
 
 
 def _rows(n: int, **columns) -> pa.Table:
