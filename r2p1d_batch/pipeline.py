@@ -224,7 +224,7 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     ds = ray.data.from_items(rows, override_num_blocks=sizing.decode_blocks(len(rows), decode_slots))
 
     # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
-    # them two operators: placement.py. Test hooks reach decode workers only when a test drives us.
+    # them apart: placement.py. Test hooks reach decode workers only when a test drives us.
     decode, classify = stage_args(cfg, test_hooks=os.environ.get(TEST_HOOKS_ENV) == "1")
 
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).

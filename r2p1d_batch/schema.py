@@ -122,9 +122,10 @@ LABELED = pa.schema(
 # What the writer stage (runs/clip_writer.py) returns to the driver for each batch it wrote:
 # every row names the batch's report (`file`: its part file, part-<uuid>.parquet, under the
 # run's staging clips/), and `kind` says what the row is:
-# - "file": the file itself: `rows` written (0: the batch had no clip, no file), the model's
-#   `weights`/`runtime` of its first clip, and the (labeled_at, labeled_clips) pairs of the
-#   classifier batches its clips came from;
+# - "file" (first): the file itself: `rows` written (0: the batch had no clip, no file), the
+#   report's own row count (`report_rows`: Ray Data may cut a large output into two blocks), the
+#   model's `weights`/`runtime` of its first clip, and the (labeled_at, labeled_clips) pairs of
+#   the classifier batches its clips came from;
 # - "video": a video row of the batch, passed through without clip scores. `whole`: all its
 #   clips were in this batch (num_clips of them, once each); it is then finished: an ok one
 #   carries its video-level `label`, `score`, `topk_labels`, `topk_scores`, a failed one's clips
@@ -132,7 +133,7 @@ LABELED = pa.schema(
 # - "clips": the clips in the file of one video that is not whole here: `rows` clips, their
 #   `clip_indices` (ascending) and `prob_sum`, the float64 sum of their softmax.
 WRITE_REPORT = pa.schema(
-    [("kind", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
+    [("kind", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("report_rows", pa.int64()),
      ("video_id", pa.string()), ("uri", pa.string())]
     + VIDEO_SOURCE
     + [

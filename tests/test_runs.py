@@ -124,6 +124,24 @@ def test_only_reported_files_are_published_and_a_report_delivered_twice_counts_o
     assert not (tmp_path / "_staging").exists()  # the unreported file went with staging
 
 
+def test_reports_cut_over_blocks_or_sharing_one_are_taken_whole(tmp_path):
+    """Ray Data may put two reports in one block, or cut a large one over two blocks."""
+    w = writer(tmp_path, "20260101T000000Z-bbbbba", ids=("a", "b", "c"))
+    stage = w.clip_writer()
+    first, second = stage(labeled("a", 3)), stage(pa.concat_tables([labeled("b", 2), labeled("c", 1)]))
+    w.add(pa.concat_tables([first, second.slice(0, 2)]))  # a whole report and the head of another
+    assert w.summary.videos == 1  # b and c wait for the rest of their report
+    w.add(second.slice(2))
+    s = w.commit(1.0)
+    assert (s.videos, s.clips) == (3, 6)
+    assert len(pq.read_table(tmp_path / "clips")) == 6
+    w = writer(tmp_path / "cut", "20260101T000000Z-bbbbbb", ids=("a",))
+    w.add(w.clip_writer()(labeled("a", 3)).slice(0, 1))
+    with pytest.raises(RuntimeError, match=r"reports of \['part-\w+\.parquet'\] arrived in part"):
+        w.commit(1.0)
+    w.abort()
+
+
 def test_clips_of_a_video_reported_by_two_files_refuse_the_commit(tmp_path):
     """A non-deterministic replay could hand the same clips to two writer tasks: refused, named."""
     w = writer(tmp_path, "20260101T000000Z-bbbbbc")

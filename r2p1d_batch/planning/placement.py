@@ -1,4 +1,4 @@
-"""Where the two Ray stages run, how Ray retries them, and what keeps them two operators.
+"""Where the Ray stages run, how Ray retries them, and what keeps them separate operators.
 
 - Placement: decode tasks and classifier actors each take `label_selector` (Ray node labels) and
   `resources` (custom Ray resources) from config, so decode can be kept off GPU nodes and the

@@ -86,9 +86,9 @@ class ClipWriter:
             hooks = test_hooks()
             if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only): die before reporting
                 hooks.writer_exit(batch.column("uri").take(keep).to_pylist())
-        return pa.concat_tables([_file_row(name, batch, clip_rows, len(keep)),
-                                 _video_rows(name, videos, per, whole, self.labels, self.topk_n),
-                                 _partial_clips(name, per, whole)])
+        rest = [_video_rows(name, videos, per, whole, self.labels, self.topk_n), _partial_clips(name, per, whole)]
+        n = 1 + sum(t.num_rows for t in rest)
+        return pa.concat_tables([_file_row(name, batch, clip_rows, len(keep), n), *rest])
 
     def _write(self, name: str, table: pa.Table) -> None:
         fs, root = filesystem(self.clips_dir, self.storage)
@@ -174,11 +174,11 @@ def _whole(per: PerVideo, videos: pa.Table) -> Whole:
     return Whole(whole, codes, codes[failed])
 
 
-def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: int) -> pa.Table:
+def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: int, report_rows: int) -> pa.Table:
     labeled_at = batch.column("labeled_at").to_numpy()[clip_rows]
     times, counts = np.unique(labeled_at, return_counts=True)
     first = {k: batch.column(k)[int(clip_rows[0])].as_py() for k in ("weights", "runtime")} if len(clip_rows) else {}
-    return _rows(1, kind="file", file=name, rows=[written], weights=[first.get("weights")],
+    return _rows(1, kind="file", file=name, rows=[written], report_rows=[report_rows], weights=[first.get("weights")],
                  runtime=[first.get("runtime")], labeled_at=[times.tolist()], labeled_clips=[counts.tolist()])
 
 

@@ -93,6 +93,7 @@ class RunWriter:
         self._next_part = 0
         self._done = Finished()  # videos finished here, not flushed yet
         self._ready: list[pa.Table] = []  # rows of videos finished whole by a writer task, not flushed yet
+        self._incoming: dict[str, list[pa.Table]] = {}  # reports cut over blocks, until all rows are here
         self._unflushed_rows = 0
 
     def clip_writer(self) -> ClipWriter:
@@ -101,35 +102,37 @@ class RunWriter:
                           created_at=self.created_at, labels=self.labels, topk_n=self.topk_n)
 
     # -- streaming in ---------------------------------------------------------------------
-    def add(self, report: pa.Table) -> None:
-        """Reports of the writer stage (one or more, schema.WRITE_REPORT) in."""
-        files = report.filter(pc.equal(report.column("kind"), "file"))
-        names = files.column("file").to_pylist()
-        seen = [n for n in names if n in self._files]
-        if seen:  # delivered before: drop it whole
-            self.duplicates_dropped += len(seen)
-            again = pc.is_in(report.column("file"), value_set=pa.array(seen))
-            report = report.filter(pc.invert(again))
-            files = report.filter(pc.equal(report.column("kind"), "file"))
-            names = files.column("file").to_pylist()
-        if not names:
-            return
-        self._file_rows(files)
+    def add(self, block: pa.Table) -> None:
+        """Writer-stage output in (schema.WRITE_REPORT): one or more reports, or part of one (Ray
+        Data cuts an output past 1.5x its block size in two): a report is taken once all of its
+        rows, which its file row counts, are here. A report seen before is dropped whole."""
+        names = pc.unique(block.column("file")).to_pylist()
+        for name in names:
+            part = block if len(names) == 1 else block.filter(pc.equal(block.column("file"), name))
+            if name in self._files:  # delivered before
+                self.duplicates_dropped += 1
+                continue
+            parts = self._incoming.setdefault(name, [])
+            parts.append(part)
+            report = pa.concat_tables(parts) if len(parts) > 1 else part
+            head = report.filter(pc.equal(report.column("kind"), "file"))
+            if not head.num_rows or report.num_rows < head.column("report_rows")[0].as_py():
+                continue  # the rest comes in a later block
+            del self._incoming[name]
+            self._report(name, head, report)
+        if self._unflushed_rows >= self.flush_rows:
+            self._flush()
+
+    def _report(self, name: str, head: pa.Table, report: pa.Table) -> None:
+        self._file_rows(head)
         kind = report.column("kind")
         videos = report.filter(pc.equal(kind, "video"))
         whole = videos.column("whole").fill_null(False)
         self._whole(videos.filter(whole))
         videos = videos.filter(pc.invert(whole))
         clips = report.filter(pc.equal(kind, "clips"))
-        for name in names if clips.num_rows or videos.num_rows else ():
-            if len(names) > 1:  # several reports in one block: one file at a time
-                c = clips.filter(pc.equal(clips.column("file"), name))
-                v = videos.filter(pc.equal(videos.column("file"), name))
-            else:
-                c, v = clips, videos
-            self._finished(self.aggregator.add(self._clips(name, c), self._videos(v)))
-        if self._unflushed_rows >= self.flush_rows:
-            self._flush()
+        if clips.num_rows or videos.num_rows:
+            self._finished(self.aggregator.add(self._clips(name, clips), self._videos(videos)))
 
     def _file_rows(self, files: pa.Table) -> None:
         for f in files.select(["file", "rows", "weights", "runtime", "labeled_at", "labeled_clips"]).to_pylist():
@@ -272,6 +275,9 @@ class RunWriter:
     # -- commit ---------------------------------------------------------------------------
     def commit(self, wall_sec: float) -> RunSummary:
         """Publish the accepted files, then put the run record: the run is visible from that put."""
+        if self._incoming:
+            raise RuntimeError(f"run {self.run_id}: reports of {sorted(self._incoming)[:10]} arrived in part: "
+                               "not committing")
         pending = self.aggregator.pending
         if pending:
             raise RuntimeError(f"run {self.run_id}: rows still pending for videos {pending[:10]} (their video "
