@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r2p1d_batch import config as config_mod
-from r2p1d_batch import query
+from r2p1d_batch import query, schema
 from r2p1d_batch.classifying.model import categories, load_model, weights_id
 from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
 from r2p1d_batch.decoding.stage import decode_video
@@ -190,6 +190,22 @@ def test_first_clip_and_steady_rate_count_labeled_clips(tmp_path):
     s1 = one.commit(1.0)
     assert s1.first_clip_sec is not None and s1.steady_clips_per_sec is None  # one batch: no rate
     assert json.loads(s1.to_json())["steady_clips_per_sec"] is None
+
+
+def test_manifest_extras_pass_through_to_videos_in_manifest_order(tmp_path):
+    todo = manifest("a", "b", "c").append_column("zone", pa.array(["z1", "z2", "z3"])).append_column(
+        "camera", pa.array([7, 8, 9]))
+    w = RunWriter(str(tmp_path), "20260101T000000Z-ffffff", todo, sampling="dense", topk_n=1)
+    add(w, pa.concat_tables([labeled("c", 1), labeled("a", 2)]), labeled("b", 1, status="error"))
+    w.commit(1.0)
+    t = pq.read_table(next((tmp_path / "videos").rglob("*.parquet")))  # the file, without the run_id partition
+    assert t.schema.names[-2:] == ["zone", "camera"] and t.schema.names[:-2] == schema.VIDEOS.names
+    assert sorted(zip(*[t.column(c).to_pylist() for c in ("video_id", "zone", "camera")])) == [
+        ("a", "z1", 7), ("b", "z2", 8), ("c", "z3", 9)]
+    big = manifest(*[f"v{i}" for i in range(300_000)]).append_column("zone", pa.nulls(300_000, pa.string()))
+    w = RunWriter(str(tmp_path / "big"), "20260101T000000Z-ffffff", big, sampling="dense", topk_n=1)
+    assert w.flush_rows == 300_000 // 64  # each join scans the rows to label: ~64 per run
+    w.abort()
 
 
 def test_an_error_video_keeps_no_clips_and_counts_its_class(tmp_path):
