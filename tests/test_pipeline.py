@@ -150,3 +150,23 @@ def test_a_writer_that_dies_after_writing_is_retried_and_only_the_reported_file_
     clips = sorted((c["video_id"], c["clip_index"], c["clip_sha"]) for c in _committed(tmp_path / "out", "clips"))
     assert clips == expected_clips({"v": video}) and s.clips == len(clips)
     assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_writer_tasks_get_a_core_while_decode_runs(ray_local, tmp_path, monkeypatch):
+    """On the 2-CPU local Ray, sized as the defaults size it (decode 0.25 capped at one task,
+    classifier 1.5, writer 0.25): with small part files the writer tasks write them while
+    decode is still running, not all at the end (their files' times spread over the run)."""
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    videos = {f"v{i}": make_video(tmp_path / f"v{i}.mp4", n_frames=45, fps=15, size=(64, 48), pattern="noise",
+                                  seed=i) for i in range(3)}
+    m = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"video_id": list(videos), "uri": [f"testhook:slow=1.5:{p}" for p in videos.values()]}), m)
+    cfg = config.load(overrides=["model.weights=random", "ray.progress_bars=false", "output.rows_per_file=1",
+                                 "model.batch_size=1", "decode.clips_per_block=1"],
+                      manifest=str(m), **{"output.path": str(tmp_path / "out")})
+    s = label(cfg)
+    assert s.committed and s.videos_ok == 3
+    assert s.sizing["chosen"]["decode.concurrency"] == 1 and s.sizing["chosen"]["model.num_cpus"] == 1.5
+    written = sorted((tmp_path / "out" / f).stat().st_mtime for f in s.files if f.startswith("clips/"))
+    assert len(written) == s.clips >= 6
+    assert written[-1] - written[0] > 4.0  # decode takes >= 1.5 s per clip: files written as clips came
