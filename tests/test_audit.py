@@ -279,7 +279,7 @@ def test_nothing_to_audit(labeled, capsys, tmp_path):
 def hub(tmp_path, monkeypatch):
     import qai_hub.util.session
 
-    from tests.hub_emulator import HubEmulator
+    from tests.helpers.hub_emulator import HubEmulator
 
     with HubEmulator(part_size=48 * 2**20) as emu:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(emu.write_client_ini(tmp_path / "client.ini")))
