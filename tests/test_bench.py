@@ -106,6 +106,26 @@ def test_bench_tiny_smoke(tmp_path):
     assert all(x["clips_per_s_per_core"] > 0 for k, x in levers.items() if k in LEVERS)
 
 
+def test_bench_cli_prints_each_section_and_names_the_node_file(tmp_path, monkeypatch, capsys):
+    """The suite returns figures; `r2p1d bench` prints each section's table, rewrites the JSON after
+    it, and names the node section's own file (written only when a row was measured)."""
+    from r2p1d_batch.bench import node
+    from r2p1d_batch.cli import main
+
+    row = {**dict.fromkeys(node.ROW_KEYS), "resolution": "360p", "decoder": "nvdec", "clips_per_sec": 9.5}
+    monkeypatch.setattr(node, "node_rows", lambda *a, **k: ([row], ["measured"]))
+    out = tmp_path / "b.json"
+    assert main(["bench", "--tiny", "--only", "node", "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    gpu = tmp_path / "bench-gpu.json"
+    assert shown.index("== node ==") < shown.index(f"wrote {gpu}\n") < shown.index(f"\nwrote {out} (")
+    assert "  note: measured" in shown and "9.50" in shown
+    assert json.loads(gpu.read_text())["node"] == [row]
+    res = json.loads(out.read_text())
+    assert res["mode"] == "tiny" and list(res["sections"]) == ["node"] and res["wall_s"] >= 0
+    assert set(res["sections"]["node"]) == {"rows", "notes", "wall_s"}
+
+
 def _clips(path, scaler):
     cfg = config.load(None, [f"decode.scaler={scaler}"])
     with VideoSource(str(path), str(path), cfg.decode) as v:

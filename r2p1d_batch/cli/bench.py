@@ -30,10 +30,24 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..bench.output import format_report, write_json
     from ..bench.suite import SECTIONS, run_suite
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     sections = ["model"] if args.gpu_only else (args.only or SECTIONS)
-    run_suite(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs, out=args.out,
-              gpu_only=args.gpu_only, node_out=args.node_out)
+
+    def on_section(name: str, result: dict, files: tuple[Path, ...]) -> None:
+        write_json(result, args.out)  # after every section: a long run that dies still leaves figures
+        one = {"machine": result["machine"], "sections": {name: result["sections"][name]}}
+        print(format_report(one).split("\n", 1)[1], flush=True)
+        for path in files:
+            print(f"wrote {path}")
+
+    result = run_suite(mode, sections, threads=args.threads, weights=args.weights, inputs_dir=args.inputs,
+                       gpu_only=args.gpu_only, node_out=args.node_out or Path(args.out).with_name("bench-gpu.json"),
+                       on_section=on_section)
+    write_json(result, args.out)
+    print(f"\nwrote {args.out} ({result['wall_s']:.0f} s)")
     return 0
