@@ -33,19 +33,24 @@ class Mode:
     levers_videos: tuple[tuple[str, int], ...] = ()  # decode levers: (kind, seconds) per resolution
     levers_repeats: int = 1
     node_resolutions: tuple[str, ...] | None = None  # None: node.RESOLUTIONS
+    curate_sizes: tuple[int, ...] = (25_000, 50_000, 100_000)  # duplicate report: clips, each size a fresh process
+    curate_storage_clips: int = 20_000  # Parquet bytes per clip over this many clips
+    curate_model: tuple[int, int, int] = (8, 3, 2)  # embedding cost: batch, rounds, batches per round
 
 
 MODES = {
     "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0,
                  overhead_rows=20, node_seconds=4, node_copies=2, node_resolutions=("360p",),
-                 levers_videos=(("360p", 4),)),
+                 levers_videos=(("360p", 4),), curate_sizes=(2_000,), curate_storage_clips=2_000,
+                 curate_model=(1, 1, 1)),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
     # cluster: on 2 cores they equal configs/cpu.yaml; another profile's rows cost ~65 s more).
     "quick": Mode((("360p", 60), ("720p", 60)), 10.0, ("360p", 300), 4, 5.0, 2, None,
                   (("360p", 20),) * 4, 2.0, (None,), (("1080p", 60), ("1080p", 1800)), 60.0,
                   overhead_rows=1000, node_seconds=60, node_copies=8,
-                  levers_videos=(("360p", 20), ("720p", 20), ("1080p", 20)), levers_repeats=3),
+                  levers_videos=(("360p", 20), ("720p", 20), ("1080p", 20)), levers_repeats=3,
+                  curate_sizes=(25_000,), curate_model=(8, 2, 1)),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
                  (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2,
@@ -174,13 +179,20 @@ def _node(m: Mode, ctx: Context) -> Section:
     return Section(rows, notes, files=(write_node_json(rows, notes, ctx.machine, ctx.node_out),))
 
 
+def _curate(m: Mode, ctx: Context) -> Section:
+    from .curate import curate_rows
+
+    return Section(*curate_rows(m.curate_sizes, m.curate_storage_clips, m.curate_model))
+
+
 # name -> function(mode, ctx): its Section, or None where the mode has nothing for it to measure.
 # They run in this order, whatever order they are asked for in.
 _SECTIONS: dict[str, Callable[[Mode, Context], Optional[Section]]] = {
     "decode": _decode, "sparse": _sparse, "fidelity": _fidelity, "levers": _levers, "model": _model, "e2e": _e2e,
-    "memory": _memory, "overhead": _overhead, "node": _node,
+    "memory": _memory, "overhead": _overhead, "node": _node, "curate": _curate,
 }
-SECTIONS = list(_SECTIONS)
+ON_REQUEST = ["curate"]  # run only when named (--only curate): not part of a default run
+SECTIONS = [s for s in _SECTIONS if s not in ON_REQUEST]  # a default run's sections, in order
 
 # on_section(name, result so far, other files the section wrote)
 OnSection = Callable[[str, dict[str, Any], tuple[Path, ...]], None]

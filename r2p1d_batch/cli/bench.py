@@ -1,7 +1,8 @@
-"""Benchmark every stage side by side (decode, sparse, fidelity, model, e2e, memory, overhead;
-node on a GPU node).
+"""Benchmark every stage side by side (decode, sparse, fidelity, levers, model, e2e, memory,
+overhead; node on a GPU node). `--only curate` measures what curation costs (the
+embedding output, its bytes per clip, the duplicate report at scale); it runs only when named.
 
-  r2p1d bench [--quick|--tiny] [--gpu-only] [--out bench.json]
+  r2p1d bench [--quick|--tiny] [--gpu-only] [--only SECTION] [--out bench.json]
 
 Inputs are synthetic H.264 videos generated once and cached (R2P1D_BENCH_INPUTS or
 ~/.cache/r2p1d_batch/bench). Prints a table per section and writes them all as JSON.
@@ -14,7 +15,7 @@ from .args import command
 
 
 def add_parser(sub) -> None:
-    from ..bench.suite import SECTIONS
+    from ..bench.suite import ON_REQUEST, SECTIONS
 
     p = command(sub, "bench", __doc__, run)
     size = p.add_mutually_exclusive_group()
@@ -22,7 +23,8 @@ def add_parser(sub) -> None:
     size.add_argument("--tiny", action="store_true", help="smoke run on tiny inputs (seconds; figures meaningless)")
     p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
     p.add_argument("--node-out", help="node section's JSON (default: bench-gpu.json beside --out; GPU node only)")
-    p.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)")
+    p.add_argument("--only", action="append", choices=SECTIONS + ON_REQUEST,
+                   help="run only these sections (repeatable; curate runs only when named)")
     p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
     p.add_argument("--weights", default="random", help="model weights (kinetics400 when cached)")
     p.add_argument("--inputs", help="directory for the cached input videos")
