@@ -143,7 +143,8 @@ def _run_child(code: str, out) -> subprocess.CompletedProcess:
         import os, sys
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         from test_runs import labeled, writer
-        from r2p1d_batch import commit, incremental, query
+        from r2p1d_batch import query
+        from r2p1d_batch.runs import commit, incremental
         from pathlib import Path
         out = {str(out)!r}
     """)
