@@ -279,7 +279,7 @@ def test_nothing_to_audit(labeled, capsys, tmp_path):
 def hub(tmp_path, monkeypatch):
     import qai_hub.util.session
 
-    from tests.hub_emulator import HubEmulator
+    from tests.helpers.hub_emulator import HubEmulator
 
     with HubEmulator(part_size=48 * 2**20) as emu:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(emu.write_client_ini(tmp_path / "client.ini")))
@@ -307,9 +307,11 @@ def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, mo
 
     # `r2p1d export`'s device path (compile + profile job) on the graph the audit exported.
     from r2p1d_batch.audit.export_measure import on_device
+    from r2p1d_batch.cli.export import print_on_device
 
     graph = next((labeled["cache"] / "onnx").glob("*.onnx"))
     res = on_device(graph, DEVICE, "qnn")
+    print_on_device(res)  # what `r2p1d export` prints
     shown = capsys.readouterr().out
     assert res["compile_job"]["job_id"] in shown and res["profile"]["url"] in shown
     assert res["profile"]["inference_ms"] > 0 and "--target_runtime qnn_dlc" in res["compile_options"]

@@ -15,8 +15,8 @@ from r2p1d_batch.planning.sizing import (
     MAX_ACTOR_THREADS,
     WRITER_CPUS,
     decode_slots,
-    plan,
     size_to_cluster,
+    sized_keys,
     writer_tasks,
 )
 
@@ -41,8 +41,8 @@ def test_config_records_what_the_user_set():
     (16, 0.875, 2, 7.0, 2),  # 2 actors of 7 threads; the spare 1.75 cores: 2 decode tasks
     (64, 0.9687, 8, 7.0, 8),
 ])
-def test_cpu_cluster_plan(cpus, decode, tasks, model, actors):
-    chosen = plan(cpus, 0, frozenset(), config.load())
+def test_cpu_cluster_sized_keys(cpus, decode, tasks, model, actors):
+    chosen = sized_keys(cpus, 0, frozenset(), config.load())
     assert chosen == {"decode.num_cpus": decode, "decode.concurrency": tasks, "model.num_cpus": model,
                       "model.concurrency": actors}
     assert model <= MAX_ACTOR_THREADS
@@ -87,7 +87,7 @@ def test_explicit_settings_win():
     assert record["kept"] == ["decode.num_cpus", "model.concurrency"]
     # a profile's keys count as set: cluster.yaml's GPU actor is not resized on a CPU cluster
     cfg = config.load("cluster")
-    assert plan(4, 0, cfg.explicit, cfg) == {}
+    assert sized_keys(4, 0, cfg.explicit, cfg) == {}
     assert size_to_cluster(config.load("cpu"), {"CPU": 32.0})[1]["chosen"] == {}
 
 
@@ -134,9 +134,9 @@ def test_job_sizes_itself_to_the_local_ray(tmp_path):
 
 def test_a_classifier_actor_is_never_sized_past_the_biggest_node():
     """3 CPUs over three 1-CPU nodes (the multi-node test's shape): one actor of 1 CPU, not 2."""
-    from r2p1d_batch.planning.sizing import plan
+    from r2p1d_batch.planning.sizing import sized_keys
 
     cfg = config.load(None, ["model.weights=random"])
-    assert plan(3.0, 0.0, cfg.explicit, cfg)["model.num_cpus"] == 2.0  # one 3-CPU node
-    chosen = plan(3.0, 0.0, cfg.explicit, cfg, largest_node_cpus=1.0)
+    assert sized_keys(3.0, 0.0, cfg.explicit, cfg)["model.num_cpus"] == 2.0  # one 3-CPU node
+    chosen = sized_keys(3.0, 0.0, cfg.explicit, cfg, largest_node_cpus=1.0)
     assert chosen["model.num_cpus"] == 1.0 and chosen["decode.num_cpus"] == 0.875  # 1.75 cores left: 2 tasks

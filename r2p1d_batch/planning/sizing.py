@@ -74,7 +74,7 @@ def decode_slots(cfg: Config, cpus: float) -> int:
     return slots
 
 
-def plan(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
+def sized_keys(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
          largest_node_cpus: float | None = None) -> dict[str, Any]:
     """The sized settings (dotted keys -> values) for a cluster of ``cpus`` and ``gpus``; keys
     in ``explicit`` are left out (the user's value wins). A classifier actor is never sized past
@@ -131,7 +131,7 @@ def size_to_cluster(cfg: Config, resources: dict[str, float],
     and a record of the decision for the run summary. ``largest_node_cpus``: the most CPUs one
     node that may host a classifier actor has (an actor cannot span nodes)."""
     cpus, gpus = float(resources.get("CPU", 0) or 0), float(resources.get("GPU", 0) or 0)
-    chosen = plan(cpus, gpus, cfg.explicit, cfg, largest_node_cpus)
+    chosen = sized_keys(cpus, gpus, cfg.explicit, cfg, largest_node_cpus)
     sized = cfg
     if chosen:
         sections: dict[str, dict] = {}
