@@ -9,8 +9,9 @@ import pytest
 from tests.helpers import REPO
 from tests.helpers.local_ray import init_local_ray
 
-# Fixtures defined with the helpers they belong to (moto's S3 server and its fault proxy).
-pytest_plugins = ["tests.helpers.s3"]
+# Fixtures defined with the helpers they belong to (moto's S3 server and its fault proxy), the
+# check that keeps the ray/slow markers honest, and pytester (tests/test_markers.py runs that check).
+pytest_plugins = ["tests.helpers.s3", "tests.helpers.markers", "pytester"]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import pytest
 from tests.helpers.outputs import label_cli
 from tests.helpers.videos import make_yuv_video
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory):
@@ -60,6 +62,7 @@ def _audit(out: Path, labeled, capsys, *extra) -> tuple[int, str, Path]:
     return rc, stdout, Path(line.removeprefix("report: "))
 
 
+@pytest.mark.slow  # the labeled output (the first test pays for it)
 def test_nvdec_labeled_clips_verified_by_pixel_tolerance(labeled, tmp_path, capsys):
     out = _as_nvdec(labeled, tmp_path, fake_sha_for="a")
     rc, stdout, audit = _audit(out, labeled, capsys)

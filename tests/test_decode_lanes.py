@@ -167,6 +167,8 @@ def test_config_decode_device():
         config.load(None, ["decode.nvdec.share=1.5"])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_label_job_cuda_without_gpu_exits_2_and_auto_runs_on_cpu(tmp_path, job_env):
     """jobs/label.py on this GPU-less machine: decode.device=cuda stops before any work (exit 2,
     the message names decode.device, nothing committed); auto labels on the CPU and says so."""
@@ -227,6 +229,8 @@ print("RESULT " + json.dumps(out))
 '''
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_gpu_cluster_without_nvdec_and_the_two_lanes_on_ray(tmp_path, job_env):
     """A real local Ray advertising a GPU: auto falls back to the CPU, cuda exits 2 naming the
     reason from the GPU node's probe; the NVDEC lane (actor pool, GPU fraction) merged with the CPU

@@ -75,6 +75,7 @@ def test_onnxruntime_embedding_matches_torch_eager(ort_emb, torch_emb, clips):
     assert float(eo[0] @ eo[2]) < 0.999
 
 
+@pytest.mark.slow
 def test_embedding_graph_keeps_the_logits_of_the_logits_only_graph(ort_emb, clips):
     plain = _clf("onnxruntime", False)
     assert plain.forward(clips)[1] is None and plain(clips).embedding is None

@@ -29,7 +29,7 @@ from tests.helpers import REPO as ROOT
 from tests.helpers.outputs import committed, expected_clips
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BASE = ["model.weights=random", "ray.num_cpus=2", "ray.object_store_memory_mb=300", "ray.progress_bars=false"]
 
 

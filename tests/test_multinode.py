@@ -31,7 +31,7 @@ from tests.helpers.local_ray import init_local_ray
 from tests.helpers.outputs import committed, expected_clips
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test needs the cluster (~15 s to start)
 POOL = "r2p1d.io/pool"
 NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)
 PLACED = [f'decode.label_selector={{"{POOL}": "decode"}}', f'model.label_selector={{"{POOL}": "gpu"}}']

@@ -16,7 +16,7 @@ from r2p1d_batch.pipeline import label
 
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_uniform_run_with_checkpoint_reproduces_labels(ray_local, tmp_path):

@@ -197,6 +197,7 @@ def _query(output: str, env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_end_to_end_s3_manifest_videos_and_output(s3_env, s3_proxy, tmp_path):
     s3 = s3_env
     s3.bucket("lab")
@@ -242,6 +243,7 @@ def test_end_to_end_s3_manifest_videos_and_output(s3_env, s3_proxy, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_end_to_end_local_manifest_s3_videos_local_output(s3_env, tmp_path, small_video):
     """Endpoint only in the config (no AWS_ENDPOINT_URL): it reaches the workers inside cfg."""
     s3_env.bucket("mix")
