@@ -22,7 +22,7 @@ from r2p1d_batch.audit import metrics
 from r2p1d_batch.audit.sample import stratified_sample
 
 from tests.helpers import REPO
-from tests.helpers.outputs import label_cli
+from tests.helpers.outputs import label_run
 from tests.helpers.videos import make_video
 
 DEVICE = "Samsung Galaxy S24 (Family)"
@@ -116,8 +116,8 @@ def _audit_cli():
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    """2 tiny videos x 2 clips each, labeled by jobs/label.py (real Ray, random weights)."""
+def labeled(ray_local, tmp_path_factory):
+    """2 tiny videos x 2 clips each, labeled on the session's local Ray (random weights)."""
     root = tmp_path_factory.mktemp("labeled")
     videos = root / "videos"
     videos.mkdir()
@@ -126,7 +126,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    label_cli(manifest, out, timeout=300)
+    label_run(manifest, out)
     return {"out": out, "videos": videos, "cache": root / "cache", "root": root}
 
 
