@@ -33,10 +33,17 @@ def job_env():
     return env
 
 
+@pytest.fixture(scope="session")
+def _onnx_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    """A fresh ONNX export cache for one test module (R2P1D_ONNX_CACHE), so exports are tested."""
+def onnx_cache(_onnx_cache_dir):
+    """An ONNX export cache made fresh for this session (R2P1D_ONNX_CACHE) while a module runs, so
+    the graphs are exported by this code, not found from an earlier run; the modules that use it
+    share it, so each (weights, graph) is exported once per session (~5 s each)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("R2P1D_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
+    mp.setenv("R2P1D_ONNX_CACHE", str(_onnx_cache_dir))
     yield
     mp.undo()
