@@ -359,8 +359,10 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
 
     out = tmp_path / "out"
     # The timeout also covers the classifier actor's start-up (nothing moves while it loads):
-    # decode at 4 s per clip keeps the run moving meanwhile, even on a loaded CI machine.
-    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 4.0), out, "run.stall_timeout_sec=45", *SMALL))
+    # decode at 2.5 s per clip (12 clips) keeps the run moving meanwhile, so the actor has
+    # 30 + 25 s to label its first clip (it takes ~12 s on a loaded 2-core machine). After the
+    # kill the run waits out the rest of the decode and then the timeout.
+    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 2.5), out, "run.stall_timeout_sec=25", *SMALL))
     run.start()
     killed_at, _ = _kill_classifier_node(cluster, run)
     run.join(400)
@@ -369,7 +371,7 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
     print(f"\nno node for the classifier: the run failed {waited:.1f} s after the kill: {run.error}")
     assert isinstance(run.error, RunStalledError), repr(run.error)
     assert "run.stall_timeout_sec" in str(run.error) and "no alive node can host one" in str(run.error)
-    assert 45 <= waited < 300
+    assert 25 <= waited < 300
     assert commit.committed_run_ids(str(out)) == []
     assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
     assert not list(out.glob("clips/run_id=*")) and not list(out.glob("videos/run_id=*"))
