@@ -294,6 +294,7 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, monkeypatch):
     cli = _audit_cli()
     rc = cli.main(_args(labeled, None, "--sample", "3", "--backend", "qai-hub", "--device", DEVICE,

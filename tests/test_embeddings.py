@@ -45,6 +45,7 @@ def ort_emb():
     return _clf("onnxruntime", True)
 
 
+@pytest.mark.slow
 def test_wrapper_logits_equal_the_network_and_feature_is_fc_input():
     net = load_model("random", 3).module
     x = Normalize()(torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 16, 112, 112, 3), dtype=np.uint8)))
