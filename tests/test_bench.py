@@ -71,6 +71,7 @@ def test_pipeline_row_against_stages_and_naive_bound():
     assert one_block["steady_clips_per_s"] is None and one_block["steady_vs_slowest"] is None
 
 
+@pytest.mark.slow
 def test_bench_tiny_smoke(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny",

@@ -42,12 +42,17 @@ from tests.helpers.local_ray import init_local_ray
 from tests.helpers.outputs import committed, expected_clips
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test needs the cluster (~15 s to start)
 POOL = "r2p1d.io/pool"
 NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)
 PLACED = [f'decode.label_selector={{"{POOL}": "decode"}}', f'model.label_selector={{"{POOL}": "gpu"}}']
 BASE = ["model.weights=random", "ray.progress_bars=false", *PLACED]
 CLASSIFY_TASK = "MapWorker(MapBatches(ClassifierActor)).submit"
+# Ray's GCS declares a node dead after health_check_failure_threshold failed checks that are
+# health_check_period_ms apart: 5 x 3 s by default, 5 x 1 s here, so a killed node is noticed in
+# ~5 s instead of ~15 s. A check of a node that is alive but slow fails only when its raylet does
+# not answer within health_check_timeout_ms (10 s, unchanged): a loaded machine loses no node.
+NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,8 @@ def cluster():
     # The state API (list_actors, list_tasks) goes through the head's dashboard: give it a free
     # port, since other Ray instances on this machine may hold the default 8265.
     c = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=0, object_store_memory=80 * 2**20, include_dashboard=True, dashboard_port=free_port()))
+        num_cpus=0, object_store_memory=80 * 2**20, include_dashboard=True, dashboard_port=free_port(),
+        _system_config=NODE_DEATH))
     try:
         c.decode = [add_node(c, "decode")]
         c.gpu = [add_node(c, "gpu") for _ in range(2)]
@@ -376,8 +382,10 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
 
     out = tmp_path / "out"
     # The timeout also covers the classifier actor's start-up (nothing moves while it loads):
-    # decode at 4 s per clip keeps the run moving meanwhile, even on a loaded CI machine.
-    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 4.0), out, "run.stall_timeout_sec=45", *SMALL))
+    # decode at 2.5 s per clip (12 clips) keeps the run moving meanwhile, so the actor has
+    # 30 + 25 s to label its first clip (it takes ~12 s on a loaded 2-core machine). After the
+    # kill the run waits out the rest of the decode and then the timeout.
+    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 2.5), out, "run.stall_timeout_sec=25", *SMALL))
     run.start()
     killed_at, _ = _kill_classifier_node(cluster, run)
     run.join(400)
@@ -386,7 +394,7 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
     print(f"\nno node for the classifier: the run failed {waited:.1f} s after the kill: {run.error}")
     assert isinstance(run.error, RunStalledError), repr(run.error)
     assert "run.stall_timeout_sec" in str(run.error) and "no alive node can host one" in str(run.error)
-    assert 45 <= waited < 300
+    assert 25 <= waited < 300
     assert commit.committed_run_ids(str(out)) == []
     assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
     assert not list(out.glob("clips/run_id=*")) and not list(out.glob("videos/run_id=*"))

@@ -23,7 +23,7 @@ from r2p1d_batch.runs import commit
 from tests.helpers.outputs import expected_clips
 from tests.helpers.videos import make_cut_video, make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_uniform_run_with_checkpoint_reproduces_labels(ray_local, tmp_path):

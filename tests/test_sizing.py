@@ -110,6 +110,7 @@ def _job(tmp_path, name, *sets):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_job_sizes_itself_to_the_local_ray(tmp_path):
     video = make_video(tmp_path / "v.mp4", n_frames=30, fps=15, size=(64, 48))
     pq.write_table(pa.table({"uri": [str(video), str(tmp_path / "absent.mp4")]}), tmp_path / "m.parquet")
