@@ -1,8 +1,9 @@
 """label(cfg): manifest -> decode/sample -> classify -> write. One direction; stages numbered.
 
 Stage 0 (driver): manifest.py validates, commit.py sweeps leftovers, incremental.py selects.
-Stage 1: one row per video.  Stage 2: decode_stage.py (CPU tasks).  Stage 3: classify_stage.py
-(actor pool).  Stage 4 (driver): writer.py, committed by commit.py.
+Stage 1: one row per video.  Stage 2: decoding/stage.py (CPU tasks).  Stage 3:
+classifying/stage.py (actor pool).  Stage 4: runs/clip_writer.py (CPU tasks write the clips).
+Stage 5 (driver): runs/writer.py finishes videos from the writers' reports; runs/commit.py commits.
 """
 from __future__ import annotations
 
@@ -30,15 +31,18 @@ from .planning import sizing
 from .planning.manifest import Manifest, read_manifest
 from .planning.placement import (
     actor_pool,
-    check_two_stages,
+    check_stages,
     classifier_bundle,
     classifier_hosts,
     largest_classifier_node_cpus,
     stage_args,
     task_pool,
+    writer_args,
 )
+from .planning.sizing import writer_tasks
 from .planning.todo import CPU_LANE, NVDEC_LANE, Todo
 from .runs import commit, fingerprints, incremental
+from .runs.clip_writer import ClipWriter, batch_rows
 from .runs.summary import RunSummary
 from .runs.writer import RunWriter
 from .storage import aws_env, filesystem
@@ -172,7 +176,8 @@ def label(cfg: Config) -> RunSummary:
 
     writer = RunWriter(
         cfg.output.path, run_id, todo.writer_rows(), sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
-        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"), started=t0,
+        rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"),
+        started=time.time() - (time.perf_counter() - t0),  # the run's start, epoch (the classifier's clock)
     )
     s = writer.summary
     s.mode, s.manifest_rows, s.weights, s.sizing = cfg.run.mode, manifest.num_rows, weights, sized
@@ -180,8 +185,9 @@ def label(cfg: Config) -> RunSummary:
         setattr(s, f"videos_{decision}", n)
     try:
         if todo.num_rows:
-            for batch in _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights):
-                writer.add(batch)
+            reports = _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights, clip_writer=writer.clip_writer())
+            for report in reports:
+                writer.add(report)
         return writer.commit(time.perf_counter() - t0)
     except ExecutionTimeoutError as e:
         writer.abort()
@@ -210,7 +216,7 @@ def _stalled_message(cfg: Config, run_id: str) -> str:
 
 
 def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = None,
-             decode_slots: int = 1, weights: str | None = None):
+             decode_slots: int = 1, weights: str | None = None, *, clip_writer: ClipWriter):
     init_ray(cfg)
     _configure_data(cfg)
     # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
@@ -228,7 +234,7 @@ def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = 
     ds = lanes[CPU_LANE]
 
     # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
-    # them two operators: placement.py. Test hooks reach decode workers only when a test drives us.
+    # them apart: placement.py. Test hooks reach decode workers only when a test drives us.
     decode, classify = stage_args(cfg, test_hooks=os.environ.get(TEST_HOOKS_ENV) == "1")
 
     # Stage 2: decode + clip sampling (1:N, one video in, N clip rows + 1 video row out; CPU tasks).
@@ -254,12 +260,24 @@ def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = 
         zero_copy_batch=True,
         **classify,
     )
-    check_two_stages(ds)  # the plan Ray will execute: decode tasks feeding classifier actors, not fused
 
-    # Stage 4 (driver): the caller streams labeled rows into the run's staging files, then commits.
+    # Stage 4: write (N:1 per part file; CPU tasks of sizing.WRITER_CPUS, runs/clip_writer.py). Each
+    # task writes its batch's clips as one part file into the run's staging and returns a report:
+    # per video its clip count, clip indices and softmax sum, the video rows, the file's name.
+    ds = ds.map_batches(
+        clip_writer,
+        batch_size=batch_rows(cfg.output.rows_per_file, ray.cluster_resources().get("object_store_memory")),
+        batch_format="pyarrow",
+        compute=task_pool(writer_tasks(cfg)),
+        zero_copy_batch=True,
+        **writer_args(cfg, test_hooks=os.environ.get(TEST_HOOKS_ENV) == "1"),
+    )
+    check_stages(ds)  # the plan Ray will execute: decode tasks -> classifier actors -> writer tasks, not fused
+
+    # Stage 5 (driver): the caller finishes videos from the reports, writes `videos`, commits.
     # prefetch_batches=0: with Ray's default (1) each block reached us only when the next one was
-    # done (the last two together), which held rows back and skewed RunSummary.first_clip_sec;
-    # the blocks are labels only, so prefetching bought nothing (same wall time, measured).
+    # done (the last two together), which held reports back; they are small, so prefetching buys
+    # nothing.
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 

@@ -104,7 +104,9 @@ DECODED = pa.schema(
 )
 
 # What the classifier stage emits: DECODED without pixels, plus scores. `probs` (the full
-# softmax) only travels to the driver for the video-level mean; it is not written.
+# softmax) goes as far as the writer stage, which sums it per video for the video-level mean; it
+# is not written. `labeled_at` (epoch seconds, the classifier's clock) is when the batch was
+# labeled: the run's arrival clock (RunSummary.first_clip_sec); not written either.
 LABELED = pa.schema(
     [f for f in DECODED if f.name != "frames"]
     + CLIP_SCORES
@@ -113,6 +115,40 @@ LABELED = pa.schema(
         ("weights", pa.string()),
         ("runtime", pa.string()),
         EMBEDDING,
+        ("labeled_at", pa.float64()),
+    ]
+)
+
+# What the writer stage (runs/clip_writer.py) returns to the driver for each batch it wrote:
+# every row names the batch's report (`file`: its part file, part-<uuid>.parquet, under the
+# run's staging clips/), and `kind` says what the row is:
+# - "file" (first): the file itself: `rows` written (0: the batch had no clip, no file), the
+#   report's own row count (`report_rows`: Ray Data may cut a large output into two blocks), the
+#   model's `weights`/`runtime` of its first clip, and the (labeled_at, labeled_clips) pairs of
+#   the classifier batches its clips came from;
+# - "video": a video row of the batch, passed through without clip scores. `whole`: all its
+#   clips were in this batch (num_clips of them, once each); it is then finished: an ok one
+#   carries its video-level `label`, `score`, `topk_labels`, `topk_scores`, a failed one's clips
+#   were left out of the file;
+# - "clips": the clips in the file of one video that is not whole here: `rows` clips, their
+#   `clip_indices` (ascending) and `prob_sum`, the float64 sum of their softmax.
+WRITE_REPORT = pa.schema(
+    [("kind", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("report_rows", pa.int64()),
+     ("video_id", pa.string()), ("uri", pa.string())]
+    + VIDEO_SOURCE
+    + [
+        ("decode_sec", pa.float64()),
+        ("weights", pa.string()),
+        ("runtime", pa.string()),
+        ("whole", pa.bool_()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("topk_labels", TOPK),
+        ("topk_scores", pa.list_(pa.float32())),
+        ("clip_indices", pa.list_(pa.int32())),
+        ("prob_sum", pa.list_(pa.float64())),
+        ("labeled_at", pa.list_(pa.float64())),
+        ("labeled_clips", pa.list_(pa.int64())),
     ]
 )
 

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install_os_deps.sh   # Debian's Chromium for the report test (tests/test_curate.py)
 bash scripts/install.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+# The 20 slowest tests at the end: where the suite's time goes, in every CI log.
+exec .venv/bin/python -m pytest -q --durations=20 "$@"

@@ -9,8 +9,9 @@ import pytest
 from tests.helpers import REPO
 from tests.helpers.local_ray import init_local_ray
 
-# Fixtures defined with the helpers they belong to (moto's S3 server and its fault proxy).
-pytest_plugins = ["tests.helpers.s3"]
+# Fixtures defined with the helpers they belong to (moto's S3 server and its fault proxy), the
+# check that keeps the ray/slow markers honest, and pytester (tests/test_markers.py runs that check).
+pytest_plugins = ["tests.helpers.s3", "tests.helpers.markers", "pytester"]
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +33,17 @@ def job_env():
     return env
 
 
+@pytest.fixture(scope="session")
+def _onnx_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    """A fresh ONNX export cache for one test module (R2P1D_ONNX_CACHE), so exports are tested."""
+def onnx_cache(_onnx_cache_dir):
+    """An ONNX export cache made fresh for this session (R2P1D_ONNX_CACHE) while a module runs, so
+    the graphs are exported by this code, not found from an earlier run; the modules that use it
+    share it, so each (weights, graph) is exported once per session (~5 s each)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("R2P1D_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
+    mp.setenv("R2P1D_ONNX_CACHE", str(_onnx_cache_dir))
     yield
     mp.undo()

@@ -22,7 +22,7 @@ from r2p1d_batch.audit import metrics
 from r2p1d_batch.audit.sample import stratified_sample
 
 from tests.helpers import REPO
-from tests.helpers.outputs import label_cli
+from tests.helpers.outputs import label_run
 from tests.helpers.videos import make_video
 
 DEVICE = "Samsung Galaxy S24 (Family)"
@@ -116,8 +116,8 @@ def _audit_cli():
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    """2 tiny videos x 2 clips each, labeled by jobs/label.py (real Ray, random weights)."""
+def labeled(ray_local, tmp_path_factory):
+    """2 tiny videos x 2 clips each, labeled on the session's local Ray (random weights)."""
     root = tmp_path_factory.mktemp("labeled")
     videos = root / "videos"
     videos.mkdir()
@@ -126,7 +126,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    label_cli(manifest, out, timeout=300)
+    label_run(manifest, out)
     return {"out": out, "videos": videos, "cache": root / "cache", "root": root}
 
 
@@ -142,6 +142,8 @@ def _audit_dir(out: Path, stdout: str) -> Path:
     return path
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_onnxruntime_end_to_end(labeled):
     """The real CLI in a subprocess: exit 0, one Parquet row per clip, DuckDB joins it with clips."""
     out = labeled["out"]
@@ -170,6 +172,7 @@ def test_onnxruntime_end_to_end(labeled):
     labeled["ort_audit"] = audit
 
 
+@pytest.mark.ray
 def test_replay_of_an_audits_device_outputs(labeled, capsys):
     """device_outputs.npz names its clips: replay re-audits exactly those, with the same numbers."""
     first = labeled.get("ort_audit")
@@ -196,6 +199,7 @@ def _write_aihub_h5(path: Path, logits: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.ray
 def test_replay_of_aihub_h5_chunks(labeled, capsys, tmp_path):
     """AI Hub's h5 downloads (two chunks, positional): same --sample/--seed -> same clips."""
     first = labeled.get("ort_audit")
@@ -238,6 +242,7 @@ def _relocated(labeled, dest: Path) -> Path:
     return out
 
 
+@pytest.mark.ray
 def test_tampered_and_deleted_sources(labeled, capsys, tmp_path):
     cli = _audit_cli()
     out = _relocated(labeled, tmp_path)
@@ -264,6 +269,7 @@ def test_tampered_and_deleted_sources(labeled, capsys, tmp_path):
     assert summary["verified"] == 2 and summary["input_status"] == {"ok": 2, "source_missing": 2}
 
 
+@pytest.mark.ray
 def test_nothing_to_audit(labeled, capsys, tmp_path):
     cli = _audit_cli()
     assert cli.main(_args(labeled, tmp_path / "empty")) == 2
@@ -279,7 +285,7 @@ def test_nothing_to_audit(labeled, capsys, tmp_path):
 def hub(tmp_path, monkeypatch):
     import qai_hub.util.session
 
-    from tests.hub_emulator import HubEmulator
+    from tests.helpers.hub_emulator import HubEmulator
 
     with HubEmulator(part_size=48 * 2**20) as emu:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(emu.write_client_ini(tmp_path / "client.ini")))
@@ -287,6 +293,8 @@ def hub(tmp_path, monkeypatch):
         yield emu
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, monkeypatch):
     cli = _audit_cli()
     rc = cli.main(_args(labeled, None, "--sample", "3", "--backend", "qai-hub", "--device", DEVICE,
@@ -307,9 +315,11 @@ def test_qai_hub_backend_through_the_emulator(labeled, hub, capsys, tmp_path, mo
 
     # `r2p1d export`'s device path (compile + profile job) on the graph the audit exported.
     from r2p1d_batch.audit.export_measure import on_device
+    from r2p1d_batch.cli.export import print_on_device
 
     graph = next((labeled["cache"] / "onnx").glob("*.onnx"))
     res = on_device(graph, DEVICE, "qnn")
+    print_on_device(res)  # what `r2p1d export` prints
     shown = capsys.readouterr().out
     assert res["compile_job"]["job_id"] in shown and res["profile"]["url"] in shown
     assert res["profile"]["inference_ms"] > 0 and "--target_runtime qnn_dlc" in res["compile_options"]

@@ -91,6 +91,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
 # --- end to end ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_r2plus1d_on_device_matches_host_in_chunks(hub: HubEmulator, r2p1d: tuple[Path, nn.Module]) -> None:
     path, graph = r2p1d
     clips = _clips(5, seed=2)

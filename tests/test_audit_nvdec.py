@@ -1,8 +1,8 @@
 """The audit on clips labeled from NVDEC output, on a machine without NVDEC: a real labeled output
-(jobs/label.py) whose committed videos rows are rewritten to say decoder=nvdec, and for one video
-clip_sha values that the CPU path does not reproduce (as NVDEC's rounding would give). The audit
-must verify those clips by the stated pixel tolerance instead of clip_sha, say so, and still catch
-a changed source."""
+(the pipeline on the session's local Ray) whose committed videos rows are rewritten to say
+decoder=nvdec, and for one video clip_sha values that the CPU path does not reproduce (as NVDEC's
+rounding would give). The audit must verify those clips by the stated pixel tolerance instead of
+clip_sha, say so, and still catch a changed source."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.outputs import label_cli
+from tests.helpers.outputs import label_run
 from tests.helpers.videos import make_yuv_video
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    """2 lossy H.264 videos (streams NVDEC takes) x 2 clips, labeled by jobs/label.py on the CPU."""
+def labeled(ray_local, tmp_path_factory):
+    """2 lossy H.264 videos (streams NVDEC takes) x 2 clips, labeled on the CPU (the session's Ray)."""
     root = tmp_path_factory.mktemp("nvlabeled")
     videos = root / "videos"
     videos.mkdir()
@@ -28,7 +30,7 @@ def labeled(tmp_path_factory):
     manifest = root / "manifest.parquet"
     pq.write_table(pa.table({"video_id": ["a", "b"], "uri": [str(a), str(b)]}), manifest)
     out = root / "out"
-    label_cli(manifest, out, "ray.object_store_memory_mb=200")
+    label_run(manifest, out)
     return {"out": out, "videos": videos, "cache": root / "cache"}
 
 
@@ -60,6 +62,7 @@ def _audit(out: Path, labeled, capsys, *extra) -> tuple[int, str, Path]:
     return rc, stdout, Path(line.removeprefix("report: "))
 
 
+@pytest.mark.slow  # the labeled output (the first test pays for it)
 def test_nvdec_labeled_clips_verified_by_pixel_tolerance(labeled, tmp_path, capsys):
     out = _as_nvdec(labeled, tmp_path, fake_sha_for="a")
     rc, stdout, audit = _audit(out, labeled, capsys)

@@ -71,10 +71,12 @@ def test_pipeline_row_against_stages_and_naive_bound():
     assert one_block["steady_clips_per_s"] is None and one_block["steady_vs_slowest"] is None
 
 
+@pytest.mark.slow
 def test_bench_tiny_smoke(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench.py"), "--tiny",
                         "--only", "decode", "--only", "sparse", "--only", "model", "--only", "levers",
+                        "--only", "curate",
                         "--inputs", str(tmp_path / "in"), "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -104,6 +106,35 @@ def test_bench_tiny_smoke(tmp_path):
     assert nonref["max_shift_ms"] > 0 and not nonref["in_budget"]
     assert levers["configs/cluster.yaml"]["in_budget"] and levers["cv2"]["max_abs"] <= 1
     assert all(x["clips_per_s_per_core"] > 0 for k, x in levers.items() if k in LEVERS)
+    curate = res["sections"]["curate"]  # --only curate: the duplicate report, storage, the embedding's cost
+    assert "== curate ==" in r.stdout
+    assert [x["clips"] for x in curate["rows"]] == [2000] and all(x["planted_found"] == x["planted"] > 0
+                                                                  for x in curate["rows"])
+    assert curate["storage"]["raw_bytes_per_clip"] == 2048 and curate["storage"]["parquet_zstd_bytes_per_clip"] > 0
+    cost = curate["model"]
+    assert cost["logits_max_abs_diff_vs_logits_only_graph"] <= 1e-4
+    assert cost["ort_vs_eager_embedding"]["min_cosine"] > 0.9999
+    assert all(v > 0 for v in cost["clips_per_s"].values())
+
+
+def test_bench_cli_prints_each_section_and_names_the_node_file(tmp_path, monkeypatch, capsys):
+    """The suite returns figures; `r2p1d bench` prints each section's table, rewrites the JSON after
+    it, and names the node section's own file (written only when a row was measured)."""
+    from r2p1d_batch.bench import node
+    from r2p1d_batch.cli import main
+
+    row = {**dict.fromkeys(node.ROW_KEYS), "resolution": "360p", "decoder": "nvdec", "clips_per_sec": 9.5}
+    monkeypatch.setattr(node, "node_rows", lambda *a, **k: ([row], ["measured"]))
+    out = tmp_path / "b.json"
+    assert main(["bench", "--tiny", "--only", "node", "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    gpu = tmp_path / "bench-gpu.json"
+    assert shown.index("== node ==") < shown.index(f"wrote {gpu}\n") < shown.index(f"\nwrote {out} (")
+    assert "  note: measured" in shown and "9.50" in shown
+    assert json.loads(gpu.read_text())["node"] == [row]
+    res = json.loads(out.read_text())
+    assert res["mode"] == "tiny" and list(res["sections"]) == ["node"] and res["wall_s"] >= 0
+    assert set(res["sections"]["node"]) == {"rows", "notes", "wall_s"}
 
 
 def _clips(path, scaler):

@@ -40,6 +40,7 @@ def test_clip_pixels_names_the_row_of_a_clip_with_the_wrong_size():
         clip_pixels(bad.column("frames"), SHAPE)
 
 
+@pytest.mark.slow
 def test_classifier_actor_scores_clip_rows_and_passes_video_rows():
     cfg = config.load(None, ["model.weights=random", "model.runtime=torch", "model.device=cpu"])
     actor = ClassifierActor(cfg)

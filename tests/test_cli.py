@@ -76,6 +76,8 @@ def test_every_command_has_help_from_any_directory(installed):
     assert mod.returncode == 0 and "usage: r2p1d query" in mod.stdout
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_the_installed_package_ships_its_configs_and_runs_a_job(installed, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import r2p1d_batch.config as c; print(c.DEFAULT_CONFIG)"],
                            cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True)

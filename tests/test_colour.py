@@ -1,6 +1,6 @@
-"""colour.py (the NVDEC path's NV12 -> RGB and resize/crop), checked on the CPU against what the
-CPU path gets from PyAV/libswscale for the same decoded frames. CI has no GPU: the functions are
-plain torch, so the same code runs here on CPU tensors."""
+"""colour.py (the NVDEC path's NV12 -> RGB) and preprocess.resize_crop_frames (its batched
+resize/crop), checked on the CPU against what the CPU path gets from PyAV/libswscale for the same
+decoded frames. CI has no GPU: the functions are plain torch, so the same code runs here on CPU tensors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from r2p1d_batch.decoding import colour
-from r2p1d_batch.decoding.preprocess import FrameTransform, resize_crop_exact, torch_threads
+from r2p1d_batch.decoding.preprocess import (
+    FrameTransform,
+    resize_crop_exact,
+    resize_crop_frames,
+    rotate_frames,
+    torch_threads,
+)
 
 from tests.helpers.videos import make_video, make_yuv_video
 
@@ -123,6 +129,6 @@ def test_gpu_resize_crop_equals_cpu_exact_path(tmp_path, rotation):
     cpu = np.stack([resize_crop_exact(np.ascontiguousarray(np.rot90(f, k=rotation // 90)), t.resize, t.crop)
                     for f in frames])
     with torch_threads(1):
-        ours = colour.resize_crop(colour.rotate(torch.from_numpy(frames), rotation), t.resize, t.crop).numpy()
+        ours = resize_crop_frames(rotate_frames(torch.from_numpy(frames), rotation), t.resize, t.crop).numpy()
     assert ours.shape == cpu.shape == (8, 112, 112, 3)
     assert np.array_equal(ours, cpu)

@@ -70,7 +70,8 @@ def test_config_is_frozen():
 def test_cpu_profile_gives_the_classifier_the_spare_core():
     from r2p1d_batch.classifying.classifier import ClipClassifier
     from r2p1d_batch.config import CONFIG_DIR
+    from r2p1d_batch.planning.sizing import WRITER_CPUS
 
     cfg = load(CONFIG_DIR / "cpu.yaml", ["model.weights=random"])
-    assert cfg.decode.num_cpus + cfg.model.num_cpus == 2.0
-    assert ClipClassifier(cfg.model).threads == 2  # round(1.75): ORT intra-op threads
+    assert cfg.decode.num_cpus + cfg.model.num_cpus + WRITER_CPUS == 2.0  # and the writer's quarter core
+    assert ClipClassifier(cfg.model).threads == 2  # round(1.5): ORT intra-op threads

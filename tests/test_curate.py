@@ -58,6 +58,8 @@ def con(labeled):
     return query.connect(labeled["out"])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_pipeline_stores_unit_embeddings_duckdb_reads_as_float512(con):
     types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE clips)").fetchall())
     assert types["embedding"] == "FLOAT[512]"
@@ -68,6 +70,7 @@ def test_pipeline_stores_unit_embeddings_duckdb_reads_as_float512(con):
     assert min_norm == pytest.approx(1.0, abs=1e-5) and max_norm == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.ray
 def test_segments_are_runs_of_equal_labels(con):
     clips = con.sql("SELECT video_id, label, start_sec, end_sec, score FROM clips "
                     "ORDER BY video_id, start_sec").fetchall()
@@ -107,6 +110,7 @@ def test_segments_on_a_handmade_output(tmp_path):
         query.report(c, "similar", clip="v1")
 
 
+@pytest.mark.ray
 def test_similar_finds_the_copied_video_first(con):
     rows = query.report(con, "similar", clip="noise:1", k=4).fetchall()
     assert len(rows) == 4
@@ -115,6 +119,7 @@ def test_similar_finds_the_copied_video_first(con):
     assert sims == sorted(sims, reverse=True) and ("noise", 1) not in [(r[0], r[1]) for r in rows]
 
 
+@pytest.mark.ray
 def test_duplicates_equal_duckdb_brute_force_and_find_the_copy(con):
     # A random-weights network maps statistically alike clips (two noise videos) to nearly the
     # same feature, so the expected set comes from DuckDB's own cosine over every pair.
@@ -154,6 +159,7 @@ def _query_cli(out: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=REPO)
 
 
+@pytest.mark.ray
 def test_query_cli_curation_reports(labeled):
     out = labeled["out"]
     p = _query_cli(out, "--report", "duplicates", "--threshold", "0.999", "--format", "json")
@@ -219,6 +225,7 @@ def _probe(page: str, tmp: Path) -> dict:
     return json.loads(html.unescape(p.stdout[start : p.stdout.index("</pre>", start)]))
 
 
+@pytest.mark.ray
 def test_report_renders_in_headless_chromium(labeled, con, tmp_path):
     page = tmp_path / "report.html"
     p = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), labeled["out"], "--html", str(page)],
@@ -256,6 +263,7 @@ def test_report_renders_in_headless_chromium(labeled, con, tmp_path):
     assert p.returncode == 0 and img is not None and img.shape[:2] == (1600, 1280) and img.std() > 10
 
 
+@pytest.mark.ray
 def test_report_of_an_s3_output_with_s3_sources(labeled, s3_env, tmp_path):
     """The same output and its (remaining) sources copied to S3, uris rewritten: the report reads
     Parquet and decodes thumbnails through S3 and is written to S3."""

@@ -5,6 +5,7 @@ when the decoder fails mid-stream, the lane split, and decode.device=cuda refuse
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -167,25 +168,28 @@ def test_config_decode_device():
         config.load(None, ["decode.nvdec.share=1.5"])
 
 
-def test_label_job_cuda_without_gpu_exits_2_and_auto_runs_on_cpu(tmp_path, job_env):
-    """jobs/label.py on this GPU-less machine: decode.device=cuda stops before any work (exit 2,
-    the message names decode.device, nothing committed); auto labels on the CPU and says so."""
+@pytest.mark.ray
+@pytest.mark.slow
+def test_label_job_cuda_without_gpu_exits_2_and_auto_runs_on_cpu(ray_local, tmp_path, capsys, caplog):
+    """`r2p1d label` (what jobs/label.py runs) on the session's GPU-less local Ray, in process:
+    decode.device=cuda stops before any work (exit 2, the message names decode.device, nothing
+    committed); auto labels on the CPU and says so."""
+    from r2p1d_batch.cli import main
+
     v = make_video(tmp_path / "a.mp4", n_frames=40, fps=30, size=(96, 64))
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"video_id": ["a"], "uri": [str(v)]}), manifest)
-    base = [sys.executable, str(REPO / "jobs" / "label.py"), str(manifest), "--set", "model.weights=random",
-            "--set", "ray.num_cpus=2", "--set", "ray.progress_bars=false", "--set", "ray.object_store_memory_mb=200"]
+    base = ["label", str(manifest), "--set", "model.weights=random", "--set", "ray.progress_bars=false"]
     out = tmp_path / "out"
-    proc = subprocess.run(base + ["--output", str(out), "--set", "decode.device=cuda"], cwd=REPO, env=job_env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "decode.device=cuda" in proc.stderr and "no GPU" in proc.stderr
+    assert main(base + ["--output", str(out), "--set", "decode.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "decode.device=cuda" in err and "no GPU" in err
     assert not list(out.glob("_runs/*")) and not list(out.glob("clips/run_id=*"))
-    proc = subprocess.run(base + ["--output", str(out), "--log-level", "INFO"], cwd=REPO, env=job_env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "decode.device=auto: the Ray cluster has no GPU" in proc.stdout + proc.stderr
-    assert "decode.device cpu: videos decoded by cpu 1" in proc.stdout
+    caplog.set_level(logging.INFO, logger="r2p1d_batch")  # --log-level INFO: pytest's handlers own the root
+    assert main(base + ["--output", str(out), "--log-level", "INFO"]) == 0
+    stdout = capsys.readouterr().out
+    assert "decode.device=auto: the Ray cluster has no GPU" in caplog.text
+    assert "decode.device cpu: videos decoded by cpu 1" in stdout
     videos = pq.read_table(next(out.glob("videos/run_id=*"))).to_pylist()
     assert [(r["decoder"], r["decoder_note"]) for r in videos] == [("cpu", "")]
     record = json.loads(next(out.glob("_runs/*.json")).read_text())
@@ -227,6 +231,8 @@ print("RESULT " + json.dumps(out))
 '''
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_gpu_cluster_without_nvdec_and_the_two_lanes_on_ray(tmp_path, job_env):
     """A real local Ray advertising a GPU: auto falls back to the CPU, cuda exits 2 naming the
     reason from the GPU node's probe; the NVDEC lane (actor pool, GPU fraction) merged with the CPU

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from r2p1d_batch.classifying.demo import classify_video
 
 from tests.helpers import REPO
@@ -19,12 +21,16 @@ def test_demo_prints_top5_with_the_jobs_preprocessing(tmp_path):
     assert "RANDOM WEIGHTS" in proc.stdout and lines[-5].startswith("1. " + top[0][0])
 
 
-def test_demo_help_and_bad_input(tmp_path):
-    h = subprocess.run([sys.executable, "-m", "r2p1d_batch", "demo", "--help"], capture_output=True, text=True,
-                       cwd=REPO)
-    assert h.returncode == 0 and "--weights" in h.stdout and "zoo" in h.stdout
+def test_demo_help_and_bad_input(tmp_path, capsys):
+    """The command's help and its exit status on a bad file, in process (the subprocess above
+    and tests/test_cli.py run the command itself)."""
+    from r2p1d_batch.cli import main
+
+    with pytest.raises(SystemExit) as h:
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert h.value.code == 0 and "--weights" in out and "zoo" in out
     bad = tmp_path / "x.mp4"
     bad.write_text("nope")
-    r = subprocess.run([sys.executable, "-m", "r2p1d_batch", "demo", str(bad), "--weights", "random"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 2 and "not a readable media file" in r.stderr
+    assert main(["demo", str(bad), "--weights", "random"]) == 2
+    assert "not a readable media file" in capsys.readouterr().err

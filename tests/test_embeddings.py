@@ -45,6 +45,7 @@ def ort_emb():
     return _clf("onnxruntime", True)
 
 
+@pytest.mark.slow
 def test_wrapper_logits_equal_the_network_and_feature_is_fc_input():
     net = load_model("random", 3).module
     x = Normalize()(torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 16, 112, 112, 3), dtype=np.uint8)))
@@ -75,6 +76,7 @@ def test_onnxruntime_embedding_matches_torch_eager(ort_emb, torch_emb, clips):
     assert float(eo[0] @ eo[2]) < 0.999
 
 
+@pytest.mark.slow
 def test_embedding_graph_keeps_the_logits_of_the_logits_only_graph(ort_emb, clips):
     plain = _clf("onnxruntime", False)
     assert plain.forward(clips)[1] is None and plain(clips).embedding is None

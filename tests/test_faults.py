@@ -29,7 +29,7 @@ from tests.helpers import REPO as ROOT
 from tests.helpers.outputs import committed, expected_clips
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BASE = ["model.weights=random", "ray.num_cpus=2", "ray.object_store_memory_mb=300", "ray.progress_bars=false"]
 
 
@@ -103,9 +103,10 @@ def descendants(name: str, root: psutil.Process | None = None) -> list[psutil.Pr
 
 
 # -- a killed driver -------------------------------------------------------------------------
-def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, request):
+def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, request, capsys):
     """jobs/label.py killed mid-run (SIGKILL, its local Ray with it): nothing is committed; the
-    rerun sweeps the leftovers and commits exactly what one clean run commits."""
+    rerun (the same command line, in process on the session's Ray) sweeps the leftovers and
+    commits exactly what one clean run commits."""
     rows = {vid: f"testhook:slow=1.0:{videos[vid]}" for vid in ("v0", "v1", "v2")}
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
@@ -141,13 +142,17 @@ def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, re
     assert commit.committed_run_ids(str(out)) == []
     assert list(out.glob("_staging/run_id=*")), "the killed run should have left a lease/staging behind"
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    from r2p1d_batch.cli import main
+
+    request.getfixturevalue("ray_session")
+    capsys.readouterr()
+    rc = main(["label", *cmd[2:]])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["committed"] and summary["videos_new"] == 3 and summary["videos_skipped"] == 0
     assert_no_leftovers(out)
 
-    request.getfixturevalue("ray_session")
     clean = tmp_path / "clean"
     run(write_manifest(tmp_path / "clean.parquet", {v: str(videos[v]) for v in rows}), clean)
 

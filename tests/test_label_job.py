@@ -10,8 +10,6 @@ import pytest
 from tests.helpers import REPO
 from tests.helpers.videos import make_audio_only, make_video
 
-pytestmark = pytest.mark.ray
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -61,12 +59,15 @@ def _sql(out, q):
     return con.execute(q).fetchall()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_every_manifest_row_has_exactly_one_video_row(corpus, labeled):
     out, _ = labeled
     rows = dict(_sql(out, "SELECT video_id, count(*) FROM videos GROUP BY 1"))
     assert rows == {vid: 1 for vid in list(corpus["good"]) + list(corpus["bad"])}
 
 
+@pytest.mark.ray
 def test_good_videos_are_labeled_and_bad_ones_are_error_rows(corpus, labeled):
     out, _ = labeled
     status = {v: (s, c, e) for v, s, c, e in _sql(out, "SELECT video_id, status, error_class, error FROM videos")}
@@ -79,6 +80,7 @@ def test_good_videos_are_labeled_and_bad_ones_are_error_rows(corpus, labeled):
     assert status["truncated"][0] == "error" and status["truncated"][2]
 
 
+@pytest.mark.ray
 def test_clip_rows_account_for_num_clips_without_duplicates(labeled):
     out, _ = labeled
     per_video = dict(_sql(out, "SELECT video_id, num_clips FROM videos"))
@@ -90,6 +92,7 @@ def test_clip_rows_account_for_num_clips_without_duplicates(labeled):
     assert dups == (0,)
 
 
+@pytest.mark.ray
 def test_output_schema_and_weights_marking(labeled):
     out, stdout = labeled
     cols = {r[0] for r in _sql(out, "DESCRIBE clips")}
@@ -105,6 +108,7 @@ def test_output_schema_and_weights_marking(labeled):
     assert n == _sql(out, "SELECT count(*) FROM clips")[0][0]
 
 
+@pytest.mark.ray
 def test_rotated_and_padded_metadata(labeled):
     out, _ = labeled
     (w, h, rot), = _sql(out, "SELECT width, height, rotation FROM videos WHERE video_id = 'rotated'")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,20 +25,34 @@ from r2p1d_batch import config as config_mod
 from r2p1d_batch.classifying.stage import ClassifierActor
 from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
 from r2p1d_batch.decoding.stage import DecodeStage
-from r2p1d_batch.planning.placement import FusedStagesError, check_two_stages, physical_operators, stage_args
+from r2p1d_batch.planning.placement import (
+    FusedStagesError,
+    check_stages,
+    physical_operators,
+    stage_args,
+    task_pool,
+    writer_args,
+)
+from r2p1d_batch.planning.sizing import writer_tasks
 from r2p1d_batch.runs import commit
+from r2p1d_batch.runs.clip_writer import ClipWriter, batch_rows
 
 from tests.helpers import REPO as ROOT
 from tests.helpers.local_ray import init_local_ray
 from tests.helpers.outputs import committed, expected_clips
 from tests.helpers.videos import make_video
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test needs the cluster (~15 s to start)
 POOL = "r2p1d.io/pool"
 NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)
 PLACED = [f'decode.label_selector={{"{POOL}": "decode"}}', f'model.label_selector={{"{POOL}": "gpu"}}']
 BASE = ["model.weights=random", "ray.progress_bars=false", *PLACED]
 CLASSIFY_TASK = "MapWorker(MapBatches(ClassifierActor)).submit"
+# Ray's GCS declares a node dead after health_check_failure_threshold failed checks that are
+# health_check_period_ms apart: 5 x 3 s by default, 5 x 1 s here, so a killed node is noticed in
+# ~5 s instead of ~15 s. A check of a node that is alive but slow fails only when its raylet does
+# not answer within health_check_timeout_ms (10 s, unchanged): a loaded machine loses no node.
+NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +69,8 @@ def cluster():
     # The state API (list_actors, list_tasks) goes through the head's dashboard: give it a free
     # port, since other Ray instances on this machine may hold the default 8265.
     c = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=0, object_store_memory=80 * 2**20, include_dashboard=True, dashboard_port=free_port()))
+        num_cpus=0, object_store_memory=80 * 2**20, include_dashboard=True, dashboard_port=free_port(),
+        _system_config=NODE_DEATH))
     try:
         c.decode = [add_node(c, "decode")]
         c.gpu = [add_node(c, "gpu") for _ in range(2)]
@@ -201,10 +218,19 @@ def node_of(actor_or_task) -> str:
 
 
 # -- the plan Ray will execute -------------------------------------------------------------------
-def test_decode_and_classify_stay_two_operators_for_every_profile(cluster, tmp_path):
+def _writer_stage(ds, cfg):
+    """The writer stage as the pipeline adds it (runs/clip_writer.py)."""
+    clip_writer = ClipWriter("unused", model="m", sampling="s", created_at=datetime.now(timezone.utc),
+                             labels=np.array(["a"], dtype=object), topk_n=1)
+    return ds.map_batches(clip_writer, batch_size=batch_rows(cfg.output.rows_per_file),
+                          batch_format="pyarrow", compute=task_pool(writer_tasks(cfg)), **writer_args(cfg))
+
+
+def test_decode_classify_and_write_stay_three_operators_for_every_profile(cluster, tmp_path):
     """The optimized physical plan has decode as a task operator feeding the classifier's actor
-    operator, for the default, CPU and cluster profiles, without any deprecated argument; and the
-    check fails on the plan Ray builds when the stages' arguments are equal (it fuses)."""
+    operator, feeding the writer's task operator, for the default, CPU and cluster profiles,
+    without any deprecated argument; and the check fails on the plan Ray builds when the decode
+    and classify stages' arguments are equal (it fuses)."""
     import warnings
 
     import ray
@@ -221,16 +247,19 @@ def test_decode_and_classify_stay_two_operators_for_every_profile(cluster, tmp_p
             ).map_batches(ClassifierActor, fn_constructor_kwargs={"cfg": cfg}, batch_format="pyarrow",
                           batch_size=cfg.model.effective_batch_size,
                           compute=ray.data.ActorPoolStrategy(size=1), **classify)
-        ops = check_two_stages(ds)
-        assert ops[0] == "ActorPoolMapOperator[MapBatches(ClassifierActor)]", (profile, ops)
-        assert ops[1] == "TaskPoolMapOperator[MapBatches(DecodeStage)]", (profile, ops)
+            ds = _writer_stage(ds, cfg)
+        ops = check_stages(ds)
+        assert ops[0] == "TaskPoolMapOperator[MapBatches(ClipWriter)]", (profile, ops)
+        assert ops[1] == "ActorPoolMapOperator[MapBatches(ClassifierActor)]", (profile, ops)
+        assert ops[2] == "TaskPoolMapOperator[MapBatches(DecodeStage)]", (profile, ops)
 
     cfg = config_mod.load(None, ["model.weights=random"], manifest="m")
     fused = ray.data.from_items(rows).map_batches(DecodeStage(cfg), batch_size=1, num_cpus=1).map_batches(
         ClassifierActor, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    fused = _writer_stage(fused, cfg)
     assert any("DecodeStage" in op and "ClassifierActor" in op for op in physical_operators(fused))
-    with pytest.raises(FusedStagesError, match="two operators"):
-        check_two_stages(fused)
+    with pytest.raises(FusedStagesError, match="three operators"):
+        check_stages(fused)
 
 
 # -- a clean run: where each stage ran, and the actor pool growing under load ---------------------
@@ -353,8 +382,10 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
 
     out = tmp_path / "out"
     # The timeout also covers the classifier actor's start-up (nothing moves while it loads):
-    # decode at 4 s per clip keeps the run moving meanwhile, even on a loaded CI machine.
-    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 4.0), out, "run.stall_timeout_sec=45", *SMALL))
+    # decode at 2.5 s per clip (12 clips) keeps the run moving meanwhile, so the actor has
+    # 30 + 25 s to label its first clip (it takes ~12 s on a loaded 2-core machine). After the
+    # kill the run waits out the rest of the decode and then the timeout.
+    run = Run(cfg_for(_slow_manifest(tmp_path, videos, 2.5), out, "run.stall_timeout_sec=25", *SMALL))
     run.start()
     killed_at, _ = _kill_classifier_node(cluster, run)
     run.join(400)
@@ -363,7 +394,7 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
     print(f"\nno node for the classifier: the run failed {waited:.1f} s after the kill: {run.error}")
     assert isinstance(run.error, RunStalledError), repr(run.error)
     assert "run.stall_timeout_sec" in str(run.error) and "no alive node can host one" in str(run.error)
-    assert 45 <= waited < 300
+    assert 25 <= waited < 300
     assert commit.committed_run_ids(str(out)) == []
     assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
     assert not list(out.glob("clips/run_id=*")) and not list(out.glob("videos/run_id=*"))

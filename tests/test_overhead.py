@@ -103,6 +103,7 @@ def test_crash_ledger_notes_only_attempts_that_reach_the_decoder(ray_local, tmp_
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_overhead_section_runs_both_pipelines(ray_local):
     """The bench section on the session's Ray: every missing-file row is one error row of the job
     (multi-row decode blocks), the bare pipeline returns every row, and Ray keeps running."""

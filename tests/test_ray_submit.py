@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.ray_head import SubmitError, head_processes, start_ray_head, submit_job
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test needs a `ray start` head (~10 s)
 
 JOB_SCRIPT = """\
 import os

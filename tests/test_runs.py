@@ -15,49 +15,25 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from r2p1d_batch import config as config_mod
-from r2p1d_batch import query
-from r2p1d_batch.classifying.model import categories, load_model, weights_id
+from r2p1d_batch import query, schema
+from r2p1d_batch.classifying.model import load_model, weights_id
 from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
 from r2p1d_batch.decoding.stage import decode_video
 from r2p1d_batch.runs import commit, incremental
+from r2p1d_batch.runs.aggregate import WriteConflict
 from r2p1d_batch.runs.writer import RunWriter
 from r2p1d_batch.storage import filesystem
 
 from tests.helpers import REPO as ROOT
+from tests.helpers.labeled import add, labeled, manifest, writer
 from tests.helpers.videos import make_video
 
 CLIP_GLOB = "clips/run_id=*/*.parquet"
-
-
-def labeled(video_id: str, n_clips: int, *, status="ok", fp="fp1", weights="random:seed=0", label_id=0) -> pa.Table:
-    """What the classifier stage hands the writer for one video: n clip rows + its video row."""
-    probs = [0.0] * len(categories())
-    probs[label_id] = 1.0
-    common = dict(video_id=video_id, uri=f"/v/{video_id}.mp4", weights=weights, runtime="torch-cpu-fp32")
-    rows = [
-        dict(common, kind="clip", clip_index=i, start_sec=float(i), end_sec=i + 1.0, frame_pts=[i], padded_frames=0,
-             clip_sha=f"{video_id}-{i}", label=categories()[label_id], label_id=label_id, score=1.0,
-             topk_ids=[label_id], topk_labels=[categories()[label_id]], topk_scores=[1.0], probs=probs)
-        for i in range(n_clips)
-    ]
-    rows.append(dict(common, kind="video", status=status, error_class="" if status == "ok" else "Boom",
-                     error="", num_clips=n_clips, source_fingerprint=fp))
-    from r2p1d_batch import schema
-
-    return pa.Table.from_pylist(rows, schema=schema.LABELED)
-
-
-def manifest(*ids: str) -> pa.Table:
-    return pa.table({"video_id": list(ids), "uri": [f"/v/{v}.mp4" for v in ids],
-                     "start_sec": pa.nulls(len(ids), pa.float64()), "end_sec": pa.nulls(len(ids), pa.float64())})
-
-
-def writer(out: Path, run_id: str, ids=("a", "b")) -> RunWriter:
-    return RunWriter(str(out), run_id, manifest(*ids), sampling="dense", topk_n=1)
 
 
 def glob_rows(out: Path, table: str = "clips") -> int:
@@ -77,10 +53,9 @@ def committed_rows(out: Path, table: str = "clips") -> int:
 
 def test_commit_makes_the_run_visible_at_once(tmp_path):
     w = writer(tmp_path, "20260101T000000Z-aaaaaa")
-    w.add(labeled("a", 3))
-    w.add(labeled("b", 2))
-    w._flush()  # files exist in staging...
-    assert list((tmp_path / "_staging").rglob("*.parquet"))
+    add(w, labeled("a", 3), labeled("b", 2))
+    w._flush()  # files exist in staging (clips: written by the writer stage; videos: flushed)...
+    assert list((tmp_path / "_staging").rglob("clips/*.parquet")) and list((tmp_path / "_staging").rglob("videos/*"))
     assert commit.committed_run_ids(str(tmp_path)) == []
     assert glob_rows(tmp_path) == 0 and committed_rows(tmp_path) == 0  # ...and nobody sees them
     s = w.commit(1.0)
@@ -95,54 +70,128 @@ def test_commit_makes_the_run_visible_at_once(tmp_path):
     assert commit.committed_files(str(tmp_path), "clips") == listed
 
 
-def test_rows_resent_by_a_retried_task_are_written_once(tmp_path):
+def test_only_reported_files_are_published_and_a_report_delivered_twice_counts_once(tmp_path):
     w = writer(tmp_path, "20260101T000000Z-bbbbbb")
+    stage = w.clip_writer()
     first = labeled("a", 4)
-    w.add(first.slice(0, 2))  # a decode attempt died after two clips...
-    w.add(first)  # ...its retry sends everything again
-    w.add(first)  # and a late duplicate after the video finished
-    w.add(labeled("b", 1))
+    stage(first)  # an attempt that wrote its file and died before its report reached the driver...
+    report = stage(first)  # ...and its retry, which writes a file of its own
+    w.add(report)
+    w.add(report)  # the same report again: dropped whole
+    add(w, labeled("b", 1))
+    assert len(list((tmp_path / "_staging").rglob("clips/*.parquet"))) == 3
     s = w.commit(1.0)
     t = pq.read_table(tmp_path / "clips").to_pylist()
     assert sorted((r["video_id"], r["clip_index"]) for r in t) == [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0)]
-    assert s.videos == 2 and s.clips == 5 and w.duplicates_dropped > 0
+    assert s.videos == 2 and s.clips == 5 and w.duplicates_dropped == 1
+    assert len([f for f in s.files if f.startswith("clips/")]) == 2  # the retry's and b's, not the dead attempt's
+    assert not (tmp_path / "_staging").exists()  # the unreported file went with staging
 
 
-def test_first_clip_and_steady_rate_count_clip_arrivals_only(tmp_path):
-    """first_clip_sec runs from the run's start; steady_clips_per_sec counts the clips after the
-    first block over first to last arrival: a resent block adds neither clips nor time."""
-    started = time.perf_counter() - 5.0  # the run began 5 s before its first clip
+def test_reports_cut_over_blocks_or_sharing_one_are_taken_whole(tmp_path):
+    """Ray Data may put two reports in one block, or cut a large one over two blocks."""
+    w = writer(tmp_path, "20260101T000000Z-bbbbba", ids=("a", "b", "c"))
+    stage = w.clip_writer()
+    first, second = stage(labeled("a", 3)), stage(pa.concat_tables([labeled("b", 2), labeled("c", 1)]))
+    w.add(pa.concat_tables([first, second.slice(0, 2)]))  # a whole report and the head of another
+    assert w.summary.videos == 1  # b and c wait for the rest of their report
+    w.add(second.slice(2))
+    s = w.commit(1.0)
+    assert (s.videos, s.clips) == (3, 6)
+    assert len(pq.read_table(tmp_path / "clips")) == 6
+    w = writer(tmp_path / "cut", "20260101T000000Z-bbbbbb", ids=("a",))
+    w.add(w.clip_writer()(labeled("a", 3)).slice(0, 1))
+    with pytest.raises(RuntimeError, match=r"reports of \['part-\w+\.parquet'\] arrived in part"):
+        w.commit(1.0)
+    w.abort()
+
+
+def test_clips_of_a_video_reported_by_two_files_refuse_the_commit(tmp_path):
+    """A non-deterministic replay could hand the same clips to two writer tasks: refused, named."""
+    w = writer(tmp_path, "20260101T000000Z-bbbbbc")
+    a = labeled("a", 4)
+    add(w, a.filter(pc.equal(a.column("kind"), "clip")).slice(0, 2))  # clips 0-1 in one file...
+    with pytest.raises(WriteConflict, match=r"video a: whole in one part file and also reported by part-\w+"):
+        add(w, a)  # ...and 0-3 again in another, with the video row (whole there)
+    w.abort()
+    assert commit.committed_run_ids(str(tmp_path)) == [] and not (tmp_path / "_staging").exists()
+    w = writer(tmp_path, "20260101T000000Z-bbbbbe", ids=("a",))
+    add(w, a.slice(0, 2))
+    with pytest.raises(WriteConflict, match=r"video a: 5 clips reported by part-\w+\.parquet, part-\w+\.parquet, "
+                                            r"its row says 4"):
+        add(w, a.slice(1))  # clip 1 in two files, the row in the second: not whole there
+    w.abort()
+    # Resends after a finished (its state is gone: nothing is kept per finished video):
+    for resend, refusal in ((a.slice(0, 1), r"rows still pending for videos \['a'\]"),  # a clip: pending
+                            (a, r"2 videos finished, 1 handed to Ray \(a video delivered twice\)")):  # all of it
+        w = writer(tmp_path, "20260101T000000Z-bbbbbd", ids=("a",))
+        add(w, a, resend)
+        with pytest.raises(RuntimeError, match=refusal):
+            w.commit(1.0)
+        w.abort()
+    assert commit.committed_run_ids(str(tmp_path)) == []
+
+
+def test_first_clip_and_steady_rate_count_labeled_clips(tmp_path):
+    """first_clip_sec runs from the run's start to the first classifier batch; steady_clips_per_sec
+    counts the clips after that batch over first to last batch (the classifier's labeled_at): a
+    report delivered twice adds neither clips nor time."""
+    started = time.time() - 5.0  # the run began 5 s before its first clip was labeled
+    t0 = started + 5.0
     w = RunWriter(str(tmp_path), "20260101T000000Z-dddddd", manifest("a", "b"), sampling="dense", topk_n=1,
                   started=started)
-    w.add(labeled("a", 2))
-    time.sleep(0.2)
-    w.add(labeled("b", 3))
-    time.sleep(1.0)
-    w.add(labeled("b", 3))  # a retried task's late duplicate: not an arrival
-    s = w.commit(time.perf_counter() - started)
+    report = w.clip_writer()(pa.concat_tables([labeled("a", 2, at=t0), labeled("b", 3, at=t0 + 0.2)]))
+    w.add(report)  # one file, clips of two classifier batches
+    late = report.set_column(report.schema.get_field_index("labeled_at"), "labeled_at",  # kind=file comes first
+                             pa.array([[t0 + 1.2]] + [None] * (report.num_rows - 1), pa.list_(pa.float64())))
+    w.add(late)  # the same report again (same file), claiming a later time: dropped
+    s = w.commit(time.time() - started)
     assert 5.0 <= s.first_clip_sec < s.wall_sec
-    assert 3 / 1.0 < s.steady_clips_per_sec <= 3 / 0.2  # 3 clips over ~0.2 s, not over the 1.2 s to the duplicate
+    assert s.steady_clips_per_sec == pytest.approx(3 / 0.2, rel=1e-3)  # not over the 1.2 s to the late report
     assert "first clip at 5." in s.text()
     one = writer(tmp_path / "one", "20260101T000000Z-eeeeee", ids=("a",))
-    one.add(labeled("a", 2))
+    add(one, labeled("a", 2))
     s1 = one.commit(1.0)
-    assert s1.first_clip_sec is not None and s1.steady_clips_per_sec is None  # one block: no rate
+    assert s1.first_clip_sec is not None and s1.steady_clips_per_sec is None  # one batch: no rate
     assert json.loads(s1.to_json())["steady_clips_per_sec"] is None
 
 
+def test_manifest_extras_pass_through_to_videos_in_manifest_order(tmp_path):
+    todo = manifest("a", "b", "c").append_column("zone", pa.array(["z1", "z2", "z3"])).append_column(
+        "camera", pa.array([7, 8, 9]))
+    w = RunWriter(str(tmp_path), "20260101T000000Z-ffffff", todo, sampling="dense", topk_n=1)
+    add(w, pa.concat_tables([labeled("c", 1), labeled("a", 2)]), labeled("b", 1, status="error"))
+    w.commit(1.0)
+    t = pq.read_table(next((tmp_path / "videos").rglob("*.parquet")))  # the file, without the run_id partition
+    assert t.schema.names[-2:] == ["zone", "camera"] and t.schema.names[:-2] == schema.VIDEOS.names
+    assert sorted(zip(*[t.column(c).to_pylist() for c in ("video_id", "zone", "camera")])) == [
+        ("a", "z1", 7), ("b", "z2", 8), ("c", "z3", 9)]
+    big = manifest(*[f"v{i}" for i in range(300_000)]).append_column("zone", pa.nulls(300_000, pa.string()))
+    w = RunWriter(str(tmp_path / "big"), "20260101T000000Z-ffffff", big, sampling="dense", topk_n=1)
+    assert w.flush_rows == 300_000 // 64  # each join scans the rows to label: ~64 per run
+    w.abort()
+
+
 def test_an_error_video_keeps_no_clips_and_counts_its_class(tmp_path):
+    """Clips of a video that failed after they were written (past the decode stage's hold bound)
+    are dropped from the written file at commit: only that file is rewritten."""
     w = writer(tmp_path, "20260101T000000Z-cccccc")
-    w.add(labeled("a", 2, status="error"))
-    w.add(labeled("b", 1))
+    add(w, pa.concat_tables([labeled("a", 2, status="error"), labeled("b", 1)]))
     s = w.commit(1.0)
     assert s.videos_error == 1 and s.errors_by_class == {"Boom": 1} and s.clips == 1
+    assert [(r["video_id"], r["clip_index"]) for r in pq.read_table(tmp_path / "clips").to_pylist()] == [("b", 0)]
+    v = {r["video_id"]: r for r in pq.read_table(tmp_path / "videos").to_pylist()}
+    assert (v["a"]["status"], v["a"]["num_clips"], v["a"]["label"]) == ("error", 0, None)
+    w = writer(tmp_path / "only", "20260101T000000Z-cccccd", ids=("a",))
+    add(w, labeled("a", 2, status="error"))  # a file of nothing but a failed video's clips: not published
+    assert [f for f in w.commit(1.0).files if f.startswith("clips/")] == []
 
 
 def _run_child(code: str, out) -> subprocess.CompletedProcess:
     prelude = textwrap.dedent(f"""
         import os, sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
-        from test_runs import labeled, writer
+        sys.path[:0] = [{str(ROOT)!r}]
+        from tests.helpers.labeled import add, labeled, writer
         from r2p1d_batch import query
         from r2p1d_batch.runs import commit, incremental
         from pathlib import Path
@@ -156,16 +205,15 @@ def _run_child(code: str, out) -> subprocess.CompletedProcess:
 def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
     # A committed run first, so the output is not empty.
     w = writer(tmp_path, "20260101T000000Z-000000")
-    w.add(labeled("a", 1))
-    w.add(labeled("b", 1))
+    add(w, labeled("a", 1), labeled("b", 1))
     first = w.commit(1.0).run_id
     kill = {
         # killed mid-run: staged files and a lease, no record
-        "while_staging": "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w._flush(); os._exit(9)",
+        "while_staging": "w = writer(out, '20260102T000000Z-111111'); add(w, labeled('a', 3)); w._flush(); os._exit(9)",
         # killed between publishing the partitions and putting the record (the worst moment)
         "after_publish_before_record": (
             "commit.write_record = lambda *a, **k: os._exit(9)\n"
-            "w = writer(out, '20260102T000000Z-111111'); w.add(labeled('a', 3)); w.add(labeled('b', 2)); "
+            "w = writer(out, '20260102T000000Z-111111'); add(w, labeled('a', 3), labeled('b', 2)); "
             "w.commit(1.0)"),
     }[where]
     proc = _run_child(kill, tmp_path)
@@ -183,7 +231,7 @@ def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
 
 def test_a_live_lease_is_kept_and_reported(tmp_path):
     w = writer(tmp_path, "20260103T000000Z-222222")  # this process holds the lease
-    w.add(labeled("a", 1))
+    add(w, labeled("a", 1))
     swept = commit.sweep(str(tmp_path))
     assert swept.live == ["20260103T000000Z-222222"] and swept.removed == []
     assert (tmp_path / "_staging" / "run_id=20260103T000000Z-222222" / commit.LEASE).exists()
@@ -196,9 +244,9 @@ def test_a_live_lease_is_kept_and_reported(tmp_path):
 
 
 def _commit(out: Path, run_id: str, *tables: pa.Table) -> None:
-    w = RunWriter(str(out), run_id, manifest("a", "b", "c"), sampling="dense", topk_n=1)
-    for t in tables:
-        w.add(t)
+    ids = dict.fromkeys(v for t in tables for v in t.column("video_id").to_pylist())
+    w = RunWriter(str(out), run_id, manifest(*ids), sampling="dense", topk_n=1)
+    add(w, *tables)
     w.commit(1.0)
 
 
@@ -296,17 +344,20 @@ def test_cli_flags_map_to_run_mode():
 def test_driver_memory_does_not_grow_with_the_number_of_videos(tmp_path):
     import psutil
 
-    ids = [f"v{i}" for i in range(2500)]
+    ids = [f"v{i}" for i in range(5000)]
     w = RunWriter(str(tmp_path), "20260101T000000Z-memory", manifest(*ids), sampling="dense", topk_n=5)
+    stage = w.clip_writer()
     proc, rss = psutil.Process(), {}
-    for i, vid in enumerate(ids):
-        w.add(labeled(vid, 4, label_id=i % 400))
-        if i in (500, len(ids) - 1):
-            rss[i] = proc.memory_info().rss
+    for b in range(0, len(ids), 50):  # a report per 50 videos; each report's last video completes in the next
+        t = pa.concat_tables([labeled(vid, 4, label_id=(b + i) % 400) for i, vid in enumerate(ids[b:b + 50])])
+        w.add(stage(t.slice(0, t.num_rows - 2)))
+        w.add(stage(t.slice(t.num_rows - 2)))
+        if b in (1000, len(ids) - 50):
+            rss[b] = proc.memory_info().rss
     s = w.commit(1.0)
-    assert (s.videos, s.clips) == (2500, 10_000)
-    assert not w.assembler.pending and not w.assembler._prob_sums
-    assert rss[len(ids) - 1] - rss[500] < 24 * 2**20  # measured: flat (±2 MiB) from 500 to 6000 videos
+    assert (s.videos, s.clips) == (5000, 20_000)
+    assert not w.aggregator.pending
+    assert rss[len(ids) - 50] - rss[1000] < 24 * 2**20  # measured: flat
 
 
 # -- the same protocol on S3 (moto's server on loopback) ---------------------------------------
@@ -336,15 +387,16 @@ def s3_out():
 def test_s3_commit_is_visible_only_through_the_record_and_a_killed_run_is_swept(s3_out):
     fs, root = filesystem(s3_out)
     w = RunWriter(s3_out, "20260101T000000Z-s3s3s3", manifest("a", "b"), sampling="dense", topk_n=1)
-    w.add(labeled("a", 3))
-    w.add(labeled("b", 2))
+    add(w, labeled("b", 2, label_id=1))  # one file, reported...
+    w.clip_writer()(labeled("a", 3))  # ...one not (a dead attempt): never published
+    add(w, labeled("a", 3))
     w._flush()
     assert fs.find(f"{root}/_staging") and not fs.exists(f"{root}/clips")
     assert commit.committed_run_ids(s3_out) == []
     s = w.commit(1.0)
     assert commit.committed_run_ids(s3_out) == [s.run_id]
     files = commit.committed_files(s3_out, "clips")
-    assert len(files) == 1 and pq.read_table(files[0], filesystem=fs).num_rows == 5
+    assert len(files) == 2 and sum(pq.read_table(f, filesystem=fs).num_rows for f in files) == 5
     assert not fs.exists(f"{root}/_staging/run_id={s.run_id}")
     con = duckdb.connect()
     con.register_filesystem(fs)  # DuckDB reads S3 through fsspec: no httpfs download
@@ -354,7 +406,8 @@ def test_s3_commit_is_visible_only_through_the_record_and_a_killed_run_is_swept(
     assert count() == 5
     # a run killed between publishing (copies) and its record: never visible, swept next time
     proc = _run_child("commit.write_record = lambda *a, **k: os._exit(9)\n"
-                      "w = writer(out, '20260102T000000Z-dead00'); w.add(labeled('a', 3)); w.commit(1.0)", s3_out)
+                      "w = writer(out, '20260102T000000Z-dead00', ids=('a',)); add(w, labeled('a', 3)); "
+                      "w.commit(1.0)", s3_out)
     assert proc.returncode == 9, proc.stderr
     fs.invalidate_cache()
     assert fs.find(f"{root}/clips/run_id=20260102T000000Z-dead00")  # copied, but no record:

@@ -1,6 +1,6 @@
 """Export the device graph and measure it, in the spirit of the model zoo's export.py: ONNX
 Runtime latency on this CPU and agreement with PyTorch eager, or compile + profile on a device
-through AI Hub. Each step prints what it measured and returns it as a dict."""
+through AI Hub. Each step returns what it measured as a dict (``r2p1d export`` prints it)."""
 from __future__ import annotations
 
 import resource
@@ -13,6 +13,7 @@ def _peak_rss_mib() -> float:
 
 
 def export_graph(cfg, path: Path) -> tuple[dict, object]:
+    """The device graph of ``model.weights`` written to ``path``: (what was exported, the module)."""
     import torch
 
     from ..classifying.export import export_onnx
@@ -23,7 +24,6 @@ def export_graph(cfg, path: Path) -> tuple[dict, object]:
     export_onnx(loaded.module, path)
     info = {"onnx": str(path), "weights": loaded.weights_id, "torch": torch.__version__,
             "export_sec": round(time.perf_counter() - t0, 1), "onnx_mib": round(path.stat().st_size / 2**20, 1)}
-    print(f"exported {info['weights']} -> {path} ({info['onnx_mib']} MiB) in {info['export_sec']} s")
     return info, loaded.module
 
 
@@ -53,14 +53,11 @@ def measure_onnxruntime(path: Path, module, runs: int) -> dict:
            "ms_per_clip_median": round(float(np.median(times)), 1), "ms_per_clip_min": round(min(times), 1),
            "torch_eager_ms_one_clip": round(torch_ms, 1), "max_abs_diff_vs_torch": float(m["max_abs_diff"][0]),
            "psnr_db_vs_torch": float(m["psnr_db"][0]), "peak_rss_mib": round(_peak_rss_mib(), 0)}
-    print(f"onnxruntime (this CPU): {res['ms_per_clip_median']} ms per clip (median of {runs}; min "
-          f"{res['ms_per_clip_min']}); torch eager {res['torch_eager_ms_one_clip']} ms; "
-          f"max |d| vs torch {res['max_abs_diff_vs_torch']:.2e}, PSNR {res['psnr_db_vs_torch']:.1f} dB; "
-          f"peak RSS {res['peak_rss_mib']:.0f} MiB")
     return res
 
 
 def on_device(path: Path, device: str, runtime: str) -> dict:
+    """Compile ``path`` for ``device`` through AI Hub and profile it there: the jobs and their figures."""
     from .hub import HubBackend
 
     hub = HubBackend(path, device, runtime, profile=True)
@@ -68,9 +65,4 @@ def on_device(path: Path, device: str, runtime: str) -> dict:
     res = {"backend": "qai-hub", "device": device, "runtime": runtime, "compile_options": hub.compile_options,
            "compile_job": {"job_id": job.job_id, "url": job.url} if job else {"job_id": None, "url": None},
            "profile": hub.profile()}
-    p = res["profile"]
-    print(f"compile job {res['compile_job']['job_id']}: {res['compile_job']['url']}")
-    print(f"profile job {p['job_id']}: {p['url']}")
-    print(f"on {device} ({runtime}): {p['inference_ms']} ms per clip, peak memory "
-          f"{p['inference_peak_memory_mib']:.1f} MiB, first load {p['first_load_ms']} ms")
     return res

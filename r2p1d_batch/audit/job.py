@@ -99,67 +99,146 @@ def _tolerance_summary(checked: list[Redecoded], tolerance: tuple[int, float]) -
 
 
 def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
+    """Audit the labels under ``cfg.output.path`` on ``backend`` (default: the one audit.backend names)."""
     t0 = time.perf_counter()
-    a, out = cfg.audit, cfg.output.path
     audit_id = new_audit_id()
     labels = np.array(categories(), dtype=object)
 
     # Stage 0: what was committed, with which weights; the backend (replay files name clips).
-    table, runs = committed_clips(out, cfg.storage, a.run_id)
-    weights_id = table.column("weights")[0].as_py()
-    first_run = runs[table.column("run_id")[0].as_py()]
-    spec = ((first_run.get("config") or {}).get("model") or {})
+    committed = _committed(cfg)
+    backend = _open_backend(cfg, committed, backend)
+
+    # Stage 1: the sample (N of M committed clips, stratified by label), re-decoded and proven.
+    sample = _sample(cfg, committed, backend, audit_id)
+
+    # Stage 2: host reference (PyTorch, same weights, uint8 through Normalize).
+    host = _host_reference(cfg, committed, sample, len(labels))
+
+    # Stage 3: the device (float [0, 1] NCTHW; the device graph normalises inside).
+    device, backend_report = _on_device(backend, sample, len(labels), cfg.audit.backend)
+
+    # Stage 4: compare per clip, aggregate, check thresholds.
+    compared = _compare(host, device, sample)
+    checks = _checks(cfg, compared.metrics, compared.host_agree, len(sample.rows) - len(sample.ok), len(sample.ok))
+
+    # Stage 5: the audit's rows (one per sampled clip), summary and device outputs, written under OUT.
+    rows, problems = _audit_rows(sample, compared, host, device, backend_report, committed.weights_id, labels)
+    summary = _summary(cfg, audit_id, committed, sample, compared, checks, backend_report, problems, t0)
+    report_dir = report.write(cfg.output.path, audit_id, rows, summary, _device_file(sample, device, backend_report),
+                              cfg.storage)
+    summary["report_dir"] = report_dir
+    diffs = np.abs(device - host).ravel() if sample.ok else np.zeros(0)
+    return AuditResult(audit_id, summary["passed"], summary, report_dir, report.markdown(summary, diffs))
+
+
+@dataclass
+class _Committed:
+    """Stage 0: the committed clips under OUT, their runs, and the weights that labeled them."""
+    table: pa.Table
+    runs: dict
+    weights_id: str
+    first_run: dict  # the run of the first clip: its config is the audit's model
+
+
+def _committed(cfg: Config) -> _Committed:
+    table, runs = committed_clips(cfg.output.path, cfg.storage, cfg.audit.run_id)
+    return _Committed(table, runs, table.column("weights")[0].as_py(), runs[table.column("run_id")[0].as_py()])
+
+
+def _open_backend(cfg: Config, committed: _Committed, backend: Optional[Backend]) -> Backend:
+    a = cfg.audit
+    spec = ((committed.first_run.get("config") or {}).get("model") or {})
 
     def graph():
-        return device_graph(spec.get("weights", "kinetics400"), spec.get("seed", 0), weights_id,
+        return device_graph(spec.get("weights", "kinetics400"), spec.get("seed", 0), committed.weights_id,
                             cache_dir(a.cache_dir), cfg.storage)
 
     backend = backend or make_backend(a.backend, a, graph, batch_size=a.host_batch_size)
     if hasattr(backend, "compile"):  # AI Hub: token, device and compile fail here, before the slow part
         backend.compile()
+    return backend
 
-    # Stage 1: the sample (N of M committed clips, stratified by label), re-decoded and proven.
+
+def _pixel_tolerance(cfg: Config) -> tuple[int, float]:
+    """(max, mean) |d| in pixel levels an NVDEC-labeled clip may differ by when re-decoded on the CPU."""
+    t = cfg.audit.thresholds
+    return t.nvdec_max_abs_px, t.nvdec_mean_abs_px
+
+
+@dataclass
+class _Sample:
+    """Stage 1: the sampled clips, each re-decoded and checked against what was labeled."""
+    table: pa.Table
+    rows: list[dict]
+    checked: list[Redecoded]  # one per row
+    ok: list[int]  # the rows whose input is verified: only these are run
+    clips_u8: np.ndarray  # their frames, (len(ok), 16, 112, 112, 3)
+
+
+def _sample(cfg: Config, committed: _Committed, backend: Backend, audit_id: str) -> _Sample:
+    a, table = cfg.audit, committed.table
     keys = getattr(backend, "keys", None) if isinstance(backend, ReplayBackend) else None
     sample = _replay_sample(table, keys) if keys else sample_clips(table, a.sample, a.seed)
     rows = sample.to_pylist()
     log.info("audit %s: %d of %d committed clips sampled; re-decoding from source", audit_id, len(rows), table.num_rows)
-    tolerance = (a.thresholds.nvdec_max_abs_px, a.thresholds.nvdec_mean_abs_px)
-    checked: list[Redecoded] = redecode(rows, runs, cfg.storage, tolerance)
+    checked: list[Redecoded] = redecode(rows, committed.runs, cfg.storage, _pixel_tolerance(cfg))
     ok = [i for i, r in enumerate(checked) if r.status in VERIFIED]
     if keys:  # the replayed file names every sampled clip: keep the verified ones
         backend.keep(ok)
     if isinstance(backend, ReplayBackend):
         backend.check(len(ok))
     clips_u8 = np.stack([checked[i].frames for i in ok]) if ok else np.zeros((0, 16, 112, 112, 3), np.uint8)
+    return _Sample(sample, rows, checked, ok, clips_u8)
 
-    # Stage 2: host reference (PyTorch, same weights, uint8 through Normalize).
-    host = (host_logits(clips_u8, first_run, weights_id, a.host_batch_size, cfg.storage)
-            if ok else np.zeros((0, len(labels)), np.float32))
 
-    # Stage 3: the device (float [0, 1] NCTHW; the device graph normalises inside).
-    if ok:
-        clips_01 = clips_u8.transpose(0, 4, 1, 2, 3).astype(np.float32) / np.float32(255.0)
-        device, backend_report = backend.run(clips_01)
-        del clips_01
-        device = np.asarray(device, np.float32).reshape(len(ok), -1)
-    else:
-        device = np.zeros((0, len(labels)), np.float32)
-        backend_report = {"backend": getattr(backend, "name", a.backend)}
+def _host_reference(cfg: Config, committed: _Committed, sample: _Sample, num_labels: int) -> np.ndarray:
+    if not sample.ok:
+        return np.zeros((0, num_labels), np.float32)
+    return host_logits(sample.clips_u8, committed.first_run, committed.weights_id, cfg.audit.host_batch_size,
+                       cfg.storage)
 
-    # Stage 4: compare per clip, aggregate, check thresholds.
-    metrics = ("top1_agree", "top5_overlap", "cosine", "psnr_db", "max_abs_diff")
-    per_clip = compare(host, device) if ok else {k: np.zeros(0) for k in metrics}
-    metrics = summarize(per_clip)
+
+def _on_device(backend: Backend, sample: _Sample, num_labels: int, backend_name: str) -> tuple[np.ndarray, dict]:
+    """The device's logits for the verified clips, and the backend's report (jobs, device, runtime)."""
+    if not sample.ok:
+        return np.zeros((0, num_labels), np.float32), {"backend": getattr(backend, "name", backend_name)}
+    clips_01 = sample.clips_u8.transpose(0, 4, 1, 2, 3).astype(np.float32) / np.float32(255.0)
+    device, backend_report = backend.run(clips_01)
+    del clips_01
+    return np.asarray(device, np.float32).reshape(len(sample.ok), -1), backend_report
+
+
+@dataclass
+class _Comparison:
+    """Stage 4: host vs device per verified clip, and both vs the label the run stored."""
+    per_clip: dict[str, np.ndarray]  # metrics.compare's columns
+    metrics: dict  # metrics.summarize's aggregates
+    host_top1: np.ndarray
+    dev_top1: np.ndarray
+    stored: np.ndarray  # the run's label_id
+    host_match: np.ndarray  # host top-1 == stored
+    host_agree: float
+
+
+def _compare(host: np.ndarray, device: np.ndarray, sample: _Sample) -> _Comparison:
+    ok = sample.ok
+    names = ("top1_agree", "top5_overlap", "cosine", "psnr_db", "max_abs_diff")
+    per_clip = compare(host, device) if ok else {k: np.zeros(0) for k in names}
     host_top1 = topk_ids(host, 1)[:, 0] if ok else np.zeros(0, int)
     dev_top1 = topk_ids(device, 1)[:, 0] if ok else np.zeros(0, int)
-    stored = np.array([rows[i]["label_id"] for i in ok], dtype=int)
+    stored = np.array([sample.rows[i]["label_id"] for i in ok], dtype=int)
     host_match = host_top1 == stored
     host_agree = float(host_match.mean()) if ok else 0.0
+    return _Comparison(per_clip, summarize(per_clip), host_top1, dev_top1, stored, host_match, host_agree)
 
+
+def _audit_rows(sample: _Sample, cmp: _Comparison, host: np.ndarray, device: np.ndarray, backend_report: dict,
+                weights_id: str, labels: np.ndarray) -> tuple[list[dict], list[str]]:
+    """One row per sampled clip (verified or not), and a line per problem found."""
     created = datetime.now(timezone.utc)
-    slot = {i: j for j, i in enumerate(ok)}
+    slot = {i: j for j, i in enumerate(sample.ok)}
     out_rows, problems = [], []
-    for i, (row, chk) in enumerate(zip(rows, checked)):
+    for i, (row, chk) in enumerate(zip(sample.rows, sample.checked)):
         j = slot.get(i)
         r = {
             "run_id": row["run_id"], "video_id": row["video_id"], "uri": row["uri"], "clip_index": row["clip_index"],
@@ -178,42 +257,48 @@ def run_audit(cfg: Config, backend: Optional[Backend] = None) -> AuditResult:
         if j is None:
             problems.append(f"{where}: input {chk.status}: {chk.error}")
         else:
+            host_top1, dev_top1 = cmp.host_top1[j], cmp.dev_top1[j]
             r.update(
-                host_label=labels[host_top1[j]], host_label_id=int(host_top1[j]),
-                host_matches_label=bool(host_match[j]),
-                device_label=labels[dev_top1[j]], device_label_id=int(dev_top1[j]),
-                **{k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in per_clip.items()},
+                host_label=labels[host_top1], host_label_id=int(host_top1),
+                host_matches_label=bool(cmp.host_match[j]),
+                device_label=labels[dev_top1], device_label_id=int(dev_top1),
+                **{k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in cmp.per_clip.items()},
                 host_logits=host[j].tolist(), device_logits=device[j].tolist(),
             )
-            if not host_match[j]:
-                problems.append(f"{where}: host top-1 {labels[host_top1[j]]!r} != stored label {row['label']!r}")
-            if not per_clip["top1_agree"][j]:
-                problems.append(f"{where}: device top-1 {labels[dev_top1[j]]!r} != host {labels[host_top1[j]]!r} "
-                                f"(cosine {per_clip['cosine'][j]:.4f})")
+            if not cmp.host_match[j]:
+                problems.append(f"{where}: host top-1 {labels[host_top1]!r} != stored label {row['label']!r}")
+            if not cmp.per_clip["top1_agree"][j]:
+                problems.append(f"{where}: device top-1 {labels[dev_top1]!r} != host {labels[host_top1]!r} "
+                                f"(cosine {cmp.per_clip['cosine'][j]:.4f})")
         out_rows.append(r)
+    return out_rows, problems
 
+
+def _summary(cfg: Config, audit_id: str, committed: _Committed, sample: _Sample, cmp: _Comparison,
+             checks: list[dict], backend_report: dict, problems: list[str], t0: float) -> dict[str, Any]:
+    a, ok = cfg.audit, sample.ok
     statuses: dict[str, int] = {}
-    for c in checked:
+    for c in sample.checked:
         statuses[c.status] = statuses.get(c.status, 0) + 1
-    checks = _checks(cfg, metrics, host_agree, len(rows) - len(ok), len(ok))
-    passed = all(c["passed"] for c in checks)
-    summary: dict[str, Any] = {
-        "audit_id": audit_id, "output": out, "runs": sorted(set(sample.column("run_id").to_pylist())),
-        "weights": weights_id, "passed": passed, "seed": a.seed, "sample_requested": a.sample,
-        "committed_clips": table.num_rows, "sampled": len(rows), "verified": len(ok),
-        "labels_in_sample": len(set(sample.column("label").to_pylist())), "input_status": statuses,
-        "host_label_agreement": host_agree, "device_label_agreement": float(np.mean(dev_top1 == stored)) if ok else 0.0,
-        "metrics": metrics, "thresholds": a.thresholds.model_dump(), "checks": checks, "backend": backend_report,
+    return {
+        "audit_id": audit_id, "output": cfg.output.path, "runs": sorted(set(sample.table.column("run_id").to_pylist())),
+        "weights": committed.weights_id, "passed": all(c["passed"] for c in checks), "seed": a.seed,
+        "sample_requested": a.sample, "committed_clips": committed.table.num_rows, "sampled": len(sample.rows),
+        "verified": len(ok), "labels_in_sample": len(set(sample.table.column("label").to_pylist())),
+        "input_status": statuses, "host_label_agreement": cmp.host_agree,
+        "device_label_agreement": float(np.mean(cmp.dev_top1 == cmp.stored)) if ok else 0.0,
+        "metrics": cmp.metrics, "thresholds": a.thresholds.model_dump(), "checks": checks, "backend": backend_report,
         "problems": problems, "wall_sec": round(time.perf_counter() - t0, 2),
-        "pixel_tolerance": _tolerance_summary(checked, tolerance),
+        "pixel_tolerance": _tolerance_summary(sample.checked, _pixel_tolerance(cfg)),
     }
-    device_file = {"class_probs": device, "run_id": np.array([rows[i]["run_id"] for i in ok], dtype=str),
-                   "video_id": np.array([rows[i]["video_id"] for i in ok], dtype=str),
-                   "clip_index": np.array([rows[i]["clip_index"] for i in ok], dtype=np.int64),
-                   "clip_sha": np.array([rows[i]["clip_sha"] for i in ok], dtype=str),
-                   "device": np.array(str(backend_report.get("device"))),
-                   "runtime": np.array(str(backend_report.get("runtime")))}
-    report_dir = report.write(out, audit_id, out_rows, summary, device_file, cfg.storage)
-    summary["report_dir"] = report_dir
-    diffs = np.abs(device - host).ravel() if ok else np.zeros(0)
-    return AuditResult(audit_id, passed, summary, report_dir, report.markdown(summary, diffs))
+
+
+def _device_file(sample: _Sample, device: np.ndarray, backend_report: dict) -> dict[str, np.ndarray]:
+    """device_outputs.npz: the device's outputs and the clips they belong to (what --backend replay reads)."""
+    rows = [sample.rows[i] for i in sample.ok]
+    return {"class_probs": device, "run_id": np.array([r["run_id"] for r in rows], dtype=str),
+            "video_id": np.array([r["video_id"] for r in rows], dtype=str),
+            "clip_index": np.array([r["clip_index"] for r in rows], dtype=np.int64),
+            "clip_sha": np.array([r["clip_sha"] for r in rows], dtype=str),
+            "device": np.array(str(backend_report.get("device"))),
+            "runtime": np.array(str(backend_report.get("runtime")))}

@@ -1,13 +1,11 @@
-"""Curation costs: what ``output.embeddings`` costs the classifier (clips/s with and without the
-embedding output, ONNX Runtime on CPU, interleaved runs, best of several) and the clips table
-(Parquet bytes per clip, zstd as the writer writes), and the duplicate report on synthetic
-embeddings (wall time, peak RSS, recall of planted duplicates), each size in a fresh process.
-
-  python -m r2p1d_batch.bench.curate [--sizes 25000 50000 100000] [--skip-model] [--out FILE.json]
+"""Curate section (``r2p1d bench --only curate``): what ``output.embeddings`` costs the classifier
+(clips/s with and without the embedding output, ONNX Runtime on CPU, interleaved runs, best of
+several) and the clips table (Parquet bytes per clip, zstd as the writer writes), and the duplicate
+report on synthetic embeddings (wall time, peak RSS, recall of planted duplicates), each size in a
+fresh process.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -133,8 +131,8 @@ def _status_mb(key: str) -> float:
     return float("nan")
 
 
-def _child(root: str, threshold: float, planted_file: str) -> None:
-    """In a fresh process: DuckDB views + the duplicate report; prints one JSON line."""
+def _child(root: str, threshold: float, planted_file: str) -> dict:
+    """Run in a fresh process (duplicates_at): DuckDB views + the duplicate report, its costs."""
     from .. import query
 
     rss0 = _status_mb("VmRSS")
@@ -147,10 +145,10 @@ def _child(root: str, threshold: float, planted_file: str) -> None:
     found = {(r[1], r[2], r[5], r[6]) for r in rows}
     planted = {tuple(p) for p in json.loads(Path(planted_file).read_text())}
     ru = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: less at the mercy of other jobs than wall time
-    print(json.dumps({"seconds": round(wall, 2), "cpu_seconds": round(ru.ru_utime + ru.ru_stime - cpu0, 2),
-                      "pairs": len(rows),
-                      "planted_found": len(planted & found), "planted": len(planted),
-                      "peak_rss_mb": _status_mb("VmHWM"), "rss_after_imports_mb": rss0}))
+    return {"seconds": round(wall, 2), "cpu_seconds": round(ru.ru_utime + ru.ru_stime - cpu0, 2),
+            "pairs": len(rows),
+            "planted_found": len(planted & found), "planted": len(planted),
+            "peak_rss_mb": _status_mb("VmHWM"), "rss_after_imports_mb": rss0}
 
 
 def duplicates_at(n: int, threshold: float = 0.95) -> dict:
@@ -158,35 +156,30 @@ def duplicates_at(n: int, threshold: float = 0.95) -> dict:
         planted = write_synthetic_output(Path(d) / "out", n)
         pf = Path(d) / "planted.json"
         pf.write_text(json.dumps(planted))
-        code = ("import sys; from r2p1d_batch.bench.curate import _child; "
-                f"_child({str(Path(d) / 'out')!r}, {threshold}, {str(pf)!r})")
+        code = ("import json; from r2p1d_batch.bench.curate import _child; "  # one JSON line to this process
+                f"print(json.dumps(_child({str(Path(d) / 'out')!r}, {threshold}, {str(pf)!r})))")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         res = json.loads(p.stdout.strip().splitlines()[-1])
-    res.update(clips=n, threshold=threshold, embeddings_mb=round(n * DIM * 4 / 2**20, 1))
-    return res
+    return {"clips": n, "threshold": threshold, **res, "embeddings_mb": round(n * DIM * 4 / 2**20, 1)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[25_000, 50_000, 100_000])
-    p.add_argument("--threshold", type=float, default=0.95)
-    p.add_argument("--skip-model", action="store_true")
-    p.add_argument("--out", help="write the figures as JSON")
-    args = p.parse_args(argv)
-    res: dict = {"cpu_count": os.cpu_count(), "storage": bytes_per_clip()}
-    print(json.dumps(res["storage"]), flush=True)
-    if not args.skip_model:
-        res["model"] = embedding_cost()
-        print(json.dumps(res["model"]), flush=True)
-    res["duplicates"] = []
-    for n in args.sizes:
-        res["duplicates"].append(duplicates_at(n, args.threshold))
-        print(json.dumps(res["duplicates"][-1]), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def curate_rows(sizes: tuple[int, ...], storage_clips: int, model: tuple[int, int, int],
+                threshold: float = 0.95) -> tuple[list[dict], list[str], dict]:
+    """The duplicate report at each of ``sizes`` (the rows); the clips table's bytes per clip (over
+    ``storage_clips``) and the classifier's cost (``model``: batch, rounds, batches per round) as
+    notes and in full as the section's ``storage`` and ``model`` keys."""
+    storage = bytes_per_clip(storage_clips)
+    notes = [f"rows: the duplicate report (threshold {threshold:g}) over synthetic clustered embeddings with "
+             "planted near-duplicate pairs, each size in a fresh process; peak_rss_mb is that process's",
+             f"clips table: {storage['parquet_zstd_bytes_per_clip']} bytes per clip for the embedding (Parquet, "
+             f"zstd, {storage['clips']} clips; raw {storage['raw_bytes_per_clip']})"]
+    batch, rounds, batches_per_round = model
+    cost = embedding_cost(batch=batch, rounds=rounds, batches_per_round=batches_per_round)
+    cps, emb = cost["clips_per_s"], cost["ort_vs_eager_embedding"]
+    notes.append(f"classifier, ONNX Runtime on CPU (batch {batch}, {cost['threads']} threads, interleaved, best "
+                 f"of {rounds}): logits only {cps['logits']} / + embedding {cps['logits+embedding']} clips/s = "
+                 f"{cost['throughput_ratio']}x; logits max |d| vs the logits-only graph "
+                 f"{cost['logits_max_abs_diff_vs_logits_only_graph']:.1e}; embedding vs PyTorch eager: min "
+                 f"cosine {emb['min_cosine']:.8f}, max |d| {emb['max_abs_diff']:.1e}")
+    return [duplicates_at(n, threshold) for n in sizes], notes, {"storage": storage, "model": cost}

@@ -120,9 +120,9 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
     notes = [f"{len(videos)} videos, {n} clips; profiles: {', '.join(names)} (configs/); "
              f"overrides: {' '.join(overrides)}",
              "clips_per_s, vs_*: the whole pipeline.label on an already running local Ray, start-up included "
-             "(validation, actor start-up, first decode and batch); first_clip_s: run start to the first labeled "
-             "clip at the writer; steady_clips_per_s: clips after the first block / (last - first clip arrival at "
-             "the writer), RunSummary.steady_clips_per_sec; the writer gets one block per video",
+             "(validation, actor start-up, first decode and batch); first_clip_s: run start to the first "
+             "clip labeled (the classifier's labeled_at); steady_clips_per_s: clips after the first classifier "
+             "batch / (last - first batch), RunSummary.steady_clips_per_sec",
              "slowest stage = min(decode alone, model alone at the profile's runtime and threads; its warm-up "
              "batch excluded); max_vs_naive = slowest stage / naive loop, the most vs_naive can be on this machine"]
     return rows, notes

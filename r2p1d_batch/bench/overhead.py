@@ -47,7 +47,7 @@ class _PassThrough:
 def bare_pipeline(manifest: Path, batch_size: int, task_cpus: float = 1.0, actor_cpus: float = 1.0) -> int:
     """Rows out of the bare Ray Data pipeline of the job's shape (Ray Data's default blocks).
     With equal CPUs (the issue's setup) Ray Data fuses the task stage into the actor: one
-    operator, no tasks; the job's sized CPUs (decode 0.25, classifier 1.75 on 2 cores) keep
+    operator, no tasks; the job's sized CPUs (decode 0.25, classifier 1.5 on 2 cores) keep
     the two operators apart, as the job's are."""
     import ray
 
@@ -60,7 +60,7 @@ def bare_pipeline(manifest: Path, batch_size: int, task_cpus: float = 1.0, actor
 
 
 FUSED = "bare Ray Data, as Ray fuses it (stat task + 1 actor as one operator; 1 CPU each)"
-TWO_OPS = "bare Ray Data, two operators (stat task 0.25 CPU -> 1 actor 1.75 CPU, the job's sizes)"
+TWO_OPS = "bare Ray Data, two operators (stat task 0.25 CPU -> 1 actor 1.5 CPU, the job's sizes)"
 
 
 def overhead_rows(n: int, repeats: int, overrides: list[str]) -> tuple[list[dict], list[str]]:
@@ -91,7 +91,7 @@ def overhead_rows(n: int, repeats: int, overrides: list[str]) -> tuple[list[dict
             assert s.committed and s.videos == n and s.videos_error == n, s.text()
             errors, sized = s.errors_by_class, s.sizing
             chosen = sized.get("chosen") or {}
-            task_cpus, actor_cpus = chosen.get("decode.num_cpus", 0.25), chosen.get("model.num_cpus", 1.75)
+            task_cpus, actor_cpus = chosen.get("decode.num_cpus", 0.25), chosen.get("model.num_cpus", 1.5)
             for name, cpus in ((FUSED, (1.0, 1.0)), (TWO_OPS, (task_cpus, actor_cpus))):
                 got = timed(name, lambda c=cpus: bare_pipeline(manifest, batch, *c))
                 assert got == n, f"bare pipeline returned {got} of {n} rows"

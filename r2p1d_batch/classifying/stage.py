@@ -8,6 +8,7 @@ clips waits for the model. This module imports no torch: the actor's process sta
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -97,6 +98,10 @@ class ClassifierActor:
             field = schema.LABELED.field(name)
             out = out.append_column(field, pa.array(values, field.type))
         out = out.append_column(schema.LABELED.field("embedding"), embedding_array(embedding, n, idx))
+        # When these clips were labeled: the run's clock (writer.ArrivalClock), taken here because
+        # the driver now sees clips only once a writer task has written a whole part file of them.
+        labeled_at = pa.array(np.full(n, time.time()), pa.float64())
+        out = out.append_column(schema.LABELED.field("labeled_at"), labeled_at)
         return out.select(schema.LABELED.names)
 
 

@@ -37,10 +37,33 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.onnx)
     path.parent.mkdir(parents=True, exist_ok=True)
     info, module = export_graph(cfg, path)
+    print_export(info, path)
     if args.backend == "onnxruntime":
-        info.update(measure_onnxruntime(path, module, args.runs))
+        res = measure_onnxruntime(path, module, args.runs)
+        print_onnxruntime(res, args.runs)
     else:
-        info.update(on_device(path, cfg.audit.device, cfg.audit.runtime))
+        res = on_device(path, cfg.audit.device, cfg.audit.runtime)
+        print_on_device(res)
+    info.update(res)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def print_export(info: dict, path: Path) -> None:
+    print(f"exported {info['weights']} -> {path} ({info['onnx_mib']} MiB) in {info['export_sec']} s")
+
+
+def print_onnxruntime(res: dict, runs: int) -> None:
+    print(f"onnxruntime (this CPU): {res['ms_per_clip_median']} ms per clip (median of {runs}; min "
+          f"{res['ms_per_clip_min']}); torch eager {res['torch_eager_ms_one_clip']} ms; "
+          f"max |d| vs torch {res['max_abs_diff_vs_torch']:.2e}, PSNR {res['psnr_db_vs_torch']:.1f} dB; "
+          f"peak RSS {res['peak_rss_mib']:.0f} MiB")
+
+
+def print_on_device(res: dict) -> None:
+    p = res["profile"]
+    print(f"compile job {res['compile_job']['job_id']}: {res['compile_job']['url']}")
+    print(f"profile job {p['job_id']}: {p['url']}")
+    print(f"on {res['device']} ({res['runtime']}): {p['inference_ms']} ms per clip, peak memory "
+          f"{p['inference_peak_memory_mib']:.1f} MiB, first load {p['first_load_ms']} ms")

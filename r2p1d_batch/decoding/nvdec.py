@@ -170,7 +170,7 @@ class NvdecDecoder:
         import torch
 
         from . import colour
-        from .preprocess import torch_threads
+        from .preprocess import resize_crop_frames, rotate_frames, torch_threads
 
         self._first_frame(video)
         times, pts = packet_times(video)
@@ -185,8 +185,8 @@ class NvdecDecoder:
             # On a CPU device (tests), one thread, as the CPU path resizes: clip_sha must not depend on it.
             with torch.no_grad(), torch_threads(1) if batch.device.type == "cpu" else nullcontext():
                 rgb = colour.nv12_to_rgb(batch, coded_h, coded_w, matrix, full_range) if self.gpu.gives_nv12 else batch
-                rgb = colour.rotate(rgb, info.rotation)
-                small = colour.resize_crop(rgb, self.transform.resize, self.transform.crop)
+                rgb = rotate_frames(rgb, info.rotation)
+                small = resize_crop_frames(rgb, self.transform.resize, self.transform.crop)
             yield DecodedClip(
                 index=w.index,
                 frames=small.cpu().numpy(),

@@ -121,3 +121,25 @@ def resize_cv2(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
     return cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_crop_frames(rgb, resize: tuple[int, int], crop: tuple[int, int]):
+    """The preset's resize (bilinear, no antialias) and centre crop of uint8 frames (N, H, W, 3)
+    on whatever device they live (the NVDEC path's GPU frames): the same torchvision calls as
+    :func:`resize_crop_exact`.
+    On the CPU (one thread) it equals the CPU path bit for bit (tests/test_colour.py); on CUDA
+    torch's float kernel may round a pixel differently at .5: to be measured on a GPU."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    x = rgb.permute(0, 3, 1, 2)
+    x = F.resize(x, list(resize), interpolation=InterpolationMode.BILINEAR, antialias=False)
+    x = F.center_crop(x, list(crop))
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def rotate_frames(rgb, rotation: int):
+    """Frames (N, H, W, 3) turned ``rotation`` degrees counter-clockwise, as pyav._rotate does."""
+    import torch
+
+    return torch.rot90(rgb, k=rotation // 90, dims=(1, 2)).contiguous() if rotation else rgb

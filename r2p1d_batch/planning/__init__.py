@@ -3,5 +3,6 @@ and where it runs.
 
 - ``manifest``: reading and validating the manifest.
 - ``sizing``: unset resource keys sized to the cluster (pure).
-- ``placement``: node labels and resources per stage, Ray's retry policy, the two-operator check.
+- ``placement``: node labels and resources per stage, Ray's retry policy, the check that decode,
+  classify and write stay three operators.
 """

@@ -217,13 +217,20 @@ def _normalised_schema(sch: pa.Schema) -> pa.Schema:
     return pa.schema(fields + [f for f in sch if f.name not in SPINE])
 
 
-def _normalise(batch: pa.Table, ids: pa.Array, sch: pa.Schema) -> pa.Table:
-    n = batch.num_rows
-    cols = {"video_id": ids, "uri": batch.column("uri").cast(pa.string())}
-    for name in ("start_sec", "end_sec"):
-        cols[name] = batch.column(name).cast(pa.float64()) if name in batch.column_names else pa.nulls(n, pa.float64())
+def _normalise(batch: pa.Table, ids: pa.Array, sch: pa.Schema, n: Optional[int] = None) -> pa.Table:
+    """``sch``'s columns of a batch read from the manifest: the checked ids, string uri, float64
+    start/end (nulls where the manifest has none), the extras as stored."""
+    n = batch.num_rows if n is None else n
+    cols = {}
     for f in sch:
-        if f.name not in cols:
+        if f.name == "video_id":
+            cols[f.name] = ids
+        elif f.name == "uri":
+            cols[f.name] = batch.column("uri").cast(pa.string())
+        elif f.name in ("start_sec", "end_sec"):
+            cols[f.name] = (batch.column(f.name).cast(pa.float64()) if f.name in batch.column_names
+                            else pa.nulls(n, pa.float64()))
+        else:
             cols[f.name] = batch.column(f.name)
     return pa.table(cols, schema=sch)
 
@@ -294,10 +301,12 @@ class Manifest:
                     yield offset, _array(batch.column(0).cast(pa.string()))
                     offset += batch.num_rows
 
-    def read(self, mask: Optional[np.ndarray] = None) -> Iterator[pa.Table]:
+    def read(self, mask: Optional[np.ndarray] = None, columns: Optional[list[str]] = None) -> Iterator[pa.Table]:
         """The normalised rows where ``mask`` (bool per manifest row; None: all), in manifest
-        order, one row group at a time; row groups without a selected row are not read."""
-        sch = self.schema
+        order, one row group at a time; row groups without a selected row are not read.
+        ``columns``: only these (of ``schema``'s)."""
+        sch = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        stored = None if columns is None else [c for c in columns if c in self.file_schema.names and c != "video_id"]
         offset = 0
         ids = self.video_id
         for path, rows in zip(self.files, self.file_rows):
@@ -312,8 +321,8 @@ class Manifest:
                     n = pf.metadata.row_group(g).num_rows
                     pick = None if sel is None else sel[start:start + n]
                     if pick is None or pick.any():
-                        batch = pf.read_row_group(g)
-                        out = _normalise(batch, ids.slice(offset + start, n).combine_chunks(), sch)
+                        batch = pf.read_row_group(g, columns=stored if stored else (None if columns is None else []))
+                        out = _normalise(batch, ids.slice(offset + start, n).combine_chunks(), sch, n)
                         yield out if pick is None else out.filter(pa.array(pick))
                     start += n
             offset += rows

@@ -1,4 +1,4 @@
-"""Where the two Ray stages run, how Ray retries them, and what keeps them two operators.
+"""Where the Ray stages run, how Ray retries them, and what keeps them separate operators.
 
 - Placement: decode tasks and classifier actors each take `label_selector` (Ray node labels) and
   `resources` (custom Ray resources) from config, so decode can be kept off GPU nodes and the
@@ -14,23 +14,30 @@
   is time, not a count: `run.stall_timeout_sec` (pipeline.py). Ray 2.60 deprecates passing
   these through map_batches (`**ray_remote_args`, `ray_remote_args_fn`; removed in 2.64) and has
   no named replacement, so nothing here passes them.
-- Two operators, not one: Ray Data fuses a task stage into the next actor stage whenever their
-  remote args are equal; decode would then run inside the classifier actors, serially per actor.
-  Until 2.60 the deprecated `ray_remote_args_fn` kept them apart as a side effect. Now decode
-  tasks carry their own `runtime_env` (env var R2P1D_STAGE=decode, plus the test hooks when a
-  test runs), one of the named arguments 2.60 keeps, so the two stages' args never compare
-  equal, whatever the placement config. `check_two_stages` reads the plan Ray will execute
-  (the optimized physical plan, from Ray's plan objects) and refuses to run a fused one;
-  tests/test_multinode.py asserts it for every config profile.
+- Separate operators, not one: Ray Data fuses a task stage into the next actor stage whenever
+  their remote args are equal; decode would then run inside the classifier actors, serially per
+  actor. Until 2.60 the deprecated `ray_remote_args_fn` kept them apart as a side effect. Now
+  decode tasks carry their own `runtime_env` (env var R2P1D_STAGE=decode, plus the test hooks
+  when a test runs), one of the named arguments 2.60 keeps, so the two stages' args never
+  compare equal, whatever the placement config. The writer stage after the classifier is a task
+  pool; Ray 2.60 fuses only a task-pool operator into the next one, never an actor pool into
+  what follows, so it stays its own operator (its `runtime_env`, R2P1D_STAGE=write, keeps that
+  true should fusion rules widen). `check_stages` reads the plan Ray will execute (the optimized
+  physical plan, from Ray's plan objects) and refuses to run a fused one; tests/test_multinode.py
+  asserts it for every config profile.
+- The writer tasks ask for `sizing.WRITER_CPUS` each, at most `sizing.writer_tasks` at once, and
+  no node labels: they run wherever that quarter core is free (sizing.py keeps it free).
 """
 from __future__ import annotations
 
 import ray
 
 from ..config import Config
+from .sizing import WRITER_CPUS
 
 STAGE_ENV = "R2P1D_STAGE"
-DECODE_OP, CLASSIFY_OP = "MapBatches(DecodeStage)", "ClassifierActor"  # NvdecDecodeStage is its own lane
+DECODE_OP, CLASSIFY_OP, WRITE_OP = "MapBatches(DecodeStage)", "ClassifierActor", "MapBatches(ClipWriter)"
+# (NvdecDecodeStage is its own lane.)
 
 
 def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
@@ -48,6 +55,16 @@ def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
         if section.resources:
             args["resources"] = dict(section.resources)
     return decode, classify
+
+
+def writer_args(cfg: Config, test_hooks: bool = False) -> dict:
+    """Named map_batches arguments for the writer stage (runs/clip_writer.py)."""
+    env = {STAGE_ENV: "write"}
+    if test_hooks:  # the writer's test hook (testing/hooks.writer_exit) only when a test drives the run
+        from ..decoding.faults import TEST_HOOKS_ENV
+
+        env[TEST_HOOKS_ENV] = "1"
+    return dict(num_cpus=WRITER_CPUS, runtime_env={"env_vars": env})
 
 
 def task_pool(concurrency) -> ray.data.TaskPoolStrategy:
@@ -94,20 +111,24 @@ class FusedStagesError(RuntimeError):
     pass
 
 
-def check_two_stages(ds) -> list[str]:
-    """Decode as a task operator and the classifier as an actor operator, apart; else raise."""
+def check_stages(ds) -> list[str]:
+    """Decode as a task operator, the classifier as an actor operator and the writer as a task
+    operator, each its own; else raise."""
     ops = physical_operators(ds)
     decode = [op for op in ops if DECODE_OP in op]
     classify = [op for op in ops if CLASSIFY_OP in op]
+    write = [op for op in ops if WRITE_OP in op]
     apart = (
-        len(decode) == 1 and len(classify) == 1 and decode != classify
+        len(decode) == 1 and len(classify) == 1 and len(write) == 1 and len({*decode, *classify, *write}) == 3
         and decode[0].startswith("TaskPoolMapOperator[") and classify[0].startswith("ActorPoolMapOperator[")
+        and write[0] == f"TaskPoolMapOperator[{WRITE_OP}]"
     )
     if not apart:
         raise FusedStagesError(
-            "Ray Data would not run decode and classify as two operators (a task pool feeding an "
-            f"actor pool); its plan is {ops}. Fused, every classifier actor decodes its own input "
-            "serially. See r2p1d_batch/planning/placement.py for what keeps them apart."
+            "Ray Data would not run decode, classify and write as three operators (a task pool feeding "
+            f"an actor pool feeding a task pool); its plan is {ops}. Fused, every classifier actor "
+            "decodes its own input serially, or writes in its own process. See "
+            "r2p1d_batch/planning/placement.py for what keeps them apart."
         )
     return ops
 

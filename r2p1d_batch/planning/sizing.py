@@ -7,10 +7,13 @@ Only keys the user did not set (``Config.explicit``: a profile, ``--set``) are s
   decode ~17.6 clips/s per core at 360p), so decode gets ``DECODE_SHARE`` of the cores (at
   least ``MIN_DECODE_CPUS``) and the classifier the rest, its ONNX Runtime threads equal to its
   reservation (``round(model.num_cpus)``), in actors of at most ``MAX_ACTOR_THREADS`` threads;
-  cores left over by whole-thread actors go back to decode. On 2 cores this is
-  ``configs/cpu.yaml``: decode 0.25, one classifier actor with 1.75 (2 threads).
+  cores left over by whole-thread actors go back to decode, split evenly over as many decode
+  tasks as whole cores; the writer stage keeps ``WRITER_CPUS``, and decode tasks are capped at
+  what fits (``decode.concurrency``), so Ray Data reserves the writer its share. On 2 cores this
+  is ``configs/cpu.yaml``: decode 0.25, one classifier actor with 1.5 (2 threads), writer 0.25.
 - **GPU cluster**: one GPU classifier actor (``model.num_gpus=1``; a node is decode-bound by
-  two orders of magnitude, README "Sizing") and every other core decodes, one task per core.
+  two orders of magnitude, README "Sizing") sharing a core with the writer (0.75 + 0.25), and
+  every other core decodes, one task per core.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from ..config import Config
 DECODE_SHARE = 1 / 13
 MIN_DECODE_CPUS = 0.25  # one decode task on a quarter core keeps up with 2 model cores (cpu.yaml)
 MAX_ACTOR_THREADS = 8  # threads per ONNX Runtime actor; past that, more actors
+# The writer stage (runs/clip_writer.py) reserves a quarter core per task. It needs ~1-2 % of a
+# core at a GPU's ~1,500 clips/s (docs/bench.md): the reservation is what matters, so decode
+# tasks never take every core and leave the writer nothing until decode is done.
+WRITER_CPUS = 0.25
 
 # Decode input blocks: one per video costs a Ray task per video (the per-video overhead of a
 # manifest of short or failing videos); many videos per block leave cores idle at the tail.
@@ -44,10 +51,22 @@ def decode_blocks(rows: int, slots: int) -> int:
     return max(1, min(rows, want, MAX_BLOCKS))
 
 
+def _most(concurrency) -> int:
+    return concurrency[1] if isinstance(concurrency, tuple) else concurrency or 1
+
+
+def writer_tasks(cfg: Config) -> int:
+    """Writer tasks at once: one per GPU classifier actor (a task writes a part file of ~60k clips
+    in a second or two, far faster than a GPU labels them); one where the classifier runs on
+    CPUs (a few clips/s)."""
+    return _most(cfg.model.concurrency) if cfg.model.num_gpus > 0 else 1
+
+
 def decode_slots(cfg: Config, cpus: float) -> int:
-    """Decode tasks that can run at once: the CPUs the classifier actors leave, per task."""
-    actors = cfg.model.concurrency[1] if isinstance(cfg.model.concurrency, tuple) else cfg.model.concurrency or 1
-    free = max(0.0, cpus - actors * cfg.model.num_cpus)
+    """Decode tasks that can run at once: the CPUs the classifier actors and the writer tasks
+    leave, per task."""
+    actors = _most(cfg.model.concurrency)
+    free = max(0.0, cpus - actors * cfg.model.num_cpus - writer_tasks(cfg) * WRITER_CPUS)
     slots = max(1, int(free / cfg.decode.num_cpus + 1e-9))
     conc = cfg.decode.concurrency
     if conc is not None:
@@ -55,7 +74,7 @@ def decode_slots(cfg: Config, cpus: float) -> int:
     return slots
 
 
-def plan(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
+def sized_keys(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
          largest_node_cpus: float | None = None) -> dict[str, Any]:
     """The sized settings (dotted keys -> values) for a cluster of ``cpus`` and ``gpus``; keys
     in ``explicit`` are left out (the user's value wins). A classifier actor is never sized past
@@ -65,20 +84,22 @@ def plan(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
     if gpus >= 1 and m.device != "cpu":
         if "model.num_gpus" not in explicit:
             chosen["model.num_gpus"] = 1
-        return chosen  # decode.num_cpus 1, decode.concurrency null: every free core decodes
+        if "model.num_cpus" not in explicit:  # the GPU actor and its writer task share one core
+            chosen["model.num_cpus"] = 1.0 - WRITER_CPUS
+        return chosen  # decode.num_cpus 1, decode.concurrency null: every other core decodes
     if m.num_gpus > 0:  # the user asked for GPU actors: leave the CPUs as configured
         return chosen
     decode_explicit = "decode.num_cpus" in explicit
     decode = cfg.decode.num_cpus if decode_explicit else max(MIN_DECODE_CPUS, cpus * DECODE_SHARE)
     if not decode_explicit and decode >= 1:
         decode = float(math.floor(decode))
-    model_total = max(MIN_DECODE_CPUS, cpus - decode)
+    model_total = max(MIN_DECODE_CPUS, cpus - decode - WRITER_CPUS)
     if "model.num_cpus" in explicit:
-        actors = m.concurrency[1] if isinstance(m.concurrency, tuple) else m.concurrency or 1
+        actors = _most(m.concurrency)
         model_total = m.num_cpus * actors
     else:
         if "model.concurrency" in explicit:
-            actors = m.concurrency[1] if isinstance(m.concurrency, tuple) else m.concurrency or 1
+            actors = _most(m.concurrency)
         else:
             actors = max(1, math.ceil(model_total / MAX_ACTOR_THREADS))
             chosen["model.concurrency"] = actors
@@ -89,10 +110,18 @@ def plan(cpus: float, gpus: float, explicit: frozenset, cfg: Config,
             per_actor = float(math.floor(per_actor))
         chosen["model.num_cpus"] = round(per_actor, 4)
         model_total = per_actor * actors
+    free = cpus - model_total - WRITER_CPUS
     if not decode_explicit:
-        free = cpus - model_total
-        # Whole cores decode one task each; less than one core: one task on what is left.
-        chosen["decode.num_cpus"] = 1.0 if free >= 1 else round(max(MIN_DECODE_CPUS, free), 4)
+        # As many decode tasks as whole cores left, sharing them evenly (1.75 cores: 2 tasks of
+        # 0.875); less than one core: one task on what is left.
+        tasks = round(free)
+        per_task = math.floor(free / tasks * 1e4) / 1e4 if tasks >= 1 else round(max(MIN_DECODE_CPUS, free), 4)
+        chosen["decode.num_cpus"] = per_task
+    if "decode.concurrency" not in explicit:
+        # Capped at what fits: Ray Data reserves an uncapped task pool more than one task's share,
+        # which on a small cluster left the writer's quarter core unreserved until decode was done.
+        per_task = chosen.get("decode.num_cpus", cfg.decode.num_cpus)
+        chosen["decode.concurrency"] = max(1, int(free / per_task + 1e-9))
     return chosen
 
 
@@ -102,7 +131,7 @@ def size_to_cluster(cfg: Config, resources: dict[str, float],
     and a record of the decision for the run summary. ``largest_node_cpus``: the most CPUs one
     node that may host a classifier actor has (an actor cannot span nodes)."""
     cpus, gpus = float(resources.get("CPU", 0) or 0), float(resources.get("GPU", 0) or 0)
-    chosen = plan(cpus, gpus, cfg.explicit, cfg, largest_node_cpus)
+    chosen = sized_keys(cpus, gpus, cfg.explicit, cfg, largest_node_cpus)
     sized = cfg
     if chosen:
         sections: dict[str, dict] = {}

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..decoding.lanes import nvdec_rows
+from ..runs.incremental import take_rows
 from .manifest import Manifest
 
 CPU_LANE, NVDEC_LANE = "cpu", "nvdec"
@@ -58,9 +59,15 @@ class Todo:
         return pa.concat_tables(parts) if parts else self.manifest.schema.empty_table()
 
     def writer_rows(self) -> pa.Table:
-        """What RunWriter takes today to add the extras to `videos` rows: the rows to label when
-        the manifest has extras, else none (it reads only the schema then)."""
-        return self.table() if self.manifest.extras else self.manifest.schema.empty_table()
+        """What runs/writer.RunWriter takes: one row per video to label (it counts them), with
+        the extras it adds to their `videos` rows: video_id and the extras only, read from the
+        manifest's files (memory: the rows to label, never the manifest)."""
+        if not self.num_rows:
+            return pa.schema([f for f in self.manifest.schema if f.name == "video_id" or
+                              f.name in self.manifest.extras]).empty_table()
+        if not self.manifest.extras:
+            return pa.table({"video_id": take_rows(self.manifest.video_id, np.flatnonzero(self.mask))})
+        return pa.concat_tables(self.manifest.read(self.mask, columns=["video_id", *self.manifest.extras]))
 
     def blocks(self, blocks: int, nvdec_share: Optional[float] = None) -> Iterator[tuple[str, pa.Table]]:
         """(lane, block) pairs, in manifest order within each lane: ``blocks`` blocks for the CPU

@@ -6,7 +6,7 @@ returns the pairs as a relation joined with the clips' metadata; the pair search
 tiled matrix product (BLAS sgemm on unit vectors, so the dot product is the cosine), because
 DuckDB's per-pair ``array_inner_product`` in a self-join measured ~0.23 M pairs/s on 2 cores:
 about 6 hours for 100k clips, against seconds per 100k here. Cost is O(n^2 * 512) flops and
-O(n * 512 * 4) bytes plus one tile; ``python -m r2p1d_batch.bench.curate`` measures it, and
+O(n * 512 * 4) bytes plus one tile; ``r2p1d bench --only curate`` measures it, and
 README ("Curate") says how to go past one machine.
 """
 from __future__ import annotations

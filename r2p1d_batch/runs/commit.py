@@ -3,18 +3,23 @@
 Layout under an output root OUT (local or s3://, same code through fsspec):
 
     _staging/run_id=X/_lease.json           who runs X (host, pid, heartbeat); never read as data
-    _staging/run_id=X/{clips,videos}/*.parquet  X's files while it runs
+    _staging/run_id=X/clips/part-<uuid>.parquet  clips, written by the workers' writer stage
+    _staging/run_id=X/videos/part-*.parquet      videos rows, written by the driver
     clips/run_id=X/part-*.parquet           published data (the Hive partition readers glob)
     videos/run_id=X/part-*.parquet
     _runs/run_id=X.json                     the commit record: written last, in one atomic put
 
-A run is committed when, and only when, its record exists. Commit order: staged files are
-published (local: one directory rename per table; S3: server-side copies), then the record is
-put (local: temp file + rename; S3: a single PUT, atomic by itself). Readers that go through
-the record (``committed_run_ids``, the query views, the SQL in ``query.COMMITTED_SQL``) never
-see a partial or killed run. A killed run's files are removed by the next run (``sweep``) once
-its lease is stale, and ignored by every reader until then. ``StagedRun`` is the writer's side
-of all this; which rows go into the files is not its business (see aggregate.py).
+A run is committed when, and only when, its record exists. Commit order: the staged files the
+run accepted are published (local: renamed into a directory inside staging, which is then
+renamed into place, one rename per table; S3: server-side copies), then the record is put
+(local: temp file + rename; S3: a single PUT, atomic by itself). Only files named by the driver
+are published: in clips/ that is the files whose reports it received (clip_writer.py), never the
+staging directory wholesale, so the files of failed or retried writer attempts stay behind and
+go with staging. Readers that go through the record (``committed_run_ids``, the query views,
+the SQL in ``query.COMMITTED_SQL``) never see a partial or killed run. A killed run's files are
+removed by the next run (``sweep``) once its lease is stale, and ignored by every reader until
+then. ``StagedRun`` is the driver's side of all this; which rows go into the files is not its
+business (see aggregate.py).
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import UserError
@@ -41,6 +48,7 @@ STAGING_DIR = "_staging"
 LEASE = "_lease.json"
 TABLES = ("clips", "videos")
 HEARTBEAT_SEC = 30.0
+ROW_GROUP_ROWS = 16_384  # clips part files' Parquet row groups: DuckDB reads them in parallel, skips by video_id
 
 
 class RunInProgressError(UserError, RuntimeError):
@@ -107,25 +115,33 @@ def write_record(fs, root: str, run_id: str, text: str) -> None:
     put_atomic(fs, record_path(root, run_id), text)
 
 
-def publish(fs, src_dir: str, dest_dir: str) -> list[str]:
-    """Move a staged table directory to its partition; returns the published file paths."""
-    if not fs.exists(src_dir):
-        return []
-    files = sorted(fs.find(src_dir))
-    if not files:
+def publish(fs, src_dir: str, names: list[str], dest_dir: str) -> list[str]:
+    """Publish the files ``names`` of a staged table directory as its partition ``dest_dir``;
+    returns their published paths. Other files in ``src_dir`` stay in staging. Raises
+    FileNotFoundError when a named file is gone."""
+    if not names:
         return []
     fs.makedirs(dest_dir.rsplit("/", 1)[0], exist_ok=True)
     if _is_local_fs(fs):
-        os.rename(src_dir, dest_dir)  # atomic; dest does not exist (run ids are unique)
+        # Gathered inside staging first (renames no reader sees), then one atomic rename into
+        # place: a plain glob sees all of the table's files or none, as before.
+        gathered = src_dir + ".publish"
+        os.makedirs(gathered, exist_ok=True)
+        for name in names:
+            os.rename(join(src_dir, name), join(gathered, name))
+        os.rename(gathered, dest_dir)  # dest does not exist (run ids are unique)
     else:
-        for f in files:  # server-side copies; the glob may see them, the record not yet
-            fs.copy(f, dest_dir + f[len(src_dir):])
-    return [dest_dir + f[len(src_dir):] for f in files]
+        for name in names:  # server-side copies; the glob may see them, the record not yet
+            fs.copy(join(src_dir, name), join(dest_dir, name))
+    return [join(dest_dir, name) for name in names]
+
+
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def _is_local_fs(fs) -> bool:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return proto in ("file", "local")
+    return _protocol(fs) in ("file", "local")
 
 
 # -- leases and leftovers ------------------------------------------------------------------
@@ -214,49 +230,43 @@ def sweep(output: str, storage=None, stale_after_sec: float = 900.0, keep: Itera
     return result
 
 
-# -- the writer's side: one run's staged files ----------------------------------------------
+# -- the driver's side: one run's staged files --------------------------------------------
 class PartWriter:
-    """Rolling Parquet part files under one directory."""
+    """Rolling Parquet part files under one directory (the driver's `videos` rows)."""
 
     def __init__(self, fs, directory: str, sch: pa.Schema, rows_per_file: int):
         self.fs, self.dir, self.schema, self.limit = fs, directory, sch, rows_per_file
-        self.part, self.rows_in_part, self._w, self._f = 0, 0, None, None
+        self.rows_in_part, self._w, self._f = 0, None, None
+        self.names: list[str] = []  # part files written (the last one open until close)
         fs.makedirs(directory, exist_ok=True)
 
-    def write(self, rows: list[dict]) -> None:
-        while rows:
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        while table.num_rows:
             if self._w is None:
-                self._f = self.fs.open(join(self.dir, f"part-{self.part:05d}.parquet"), "wb")
+                self.names.append(f"part-{len(self.names):05d}.parquet")
+                self._f = self.fs.open(join(self.dir, self.names[-1]), "wb")
                 self._w = pq.ParquetWriter(self._f, self.schema, compression="zstd")
-            take = rows[: self.limit - self.rows_in_part]
-            self._w.write_table(pa.Table.from_pylist(take, schema=self.schema))
-            self.rows_in_part += len(take)
-            rows = rows[len(take) :]
+            take = table.slice(0, self.limit - self.rows_in_part)
+            self._w.write_table(take)
+            self.rows_in_part += take.num_rows
+            table = table.slice(take.num_rows)
             if self.rows_in_part >= self.limit:
-                self._roll()
+                self.close()
 
-    @property
-    def parts(self) -> int:
-        """Part files written (closed) so far."""
-        return self.part
-
-    def _roll(self) -> None:
+    def close(self) -> None:
         if self._w is not None:
             self._w.close()
             self._f.close()
             self._w, self._f, self.rows_in_part = None, None, 0
-            self.part += 1
-
-    def close(self) -> None:
-        self._roll()
 
 
 class StagedRun:
-    """One run's output while it runs: a lease (kept fresh by a heartbeat thread), a part writer
-    per table under _staging/, and ``commit`` (publish, then the record) or ``abort``."""
+    """One run's output while it runs: a lease (kept fresh by a heartbeat thread), the staging
+    directory the workers write clip part files into (``clips_dir``), the driver's part writer
+    for `videos`, and ``commit`` (publish the accepted files, then the record) or ``abort``."""
 
-    def __init__(self, output: str, run_id: str, schemas: dict[str, pa.Schema], *, rows_per_file: int,
-                 storage=None):
+    def __init__(self, output: str, run_id: str, videos_schema: pa.Schema, *, rows_per_file: int, storage=None):
         self.run_id = run_id
         self.fs, root = filesystem(output.rstrip("/"), storage)
         self.root = root.rstrip("/")
@@ -264,7 +274,10 @@ class StagedRun:
         write_lease(self.fs, self.root, run_id)  # first: the run holds the output from here
         self._stop_beat = threading.Event()
         threading.Thread(target=self._heartbeat, name=f"lease-{run_id}", daemon=True).start()
-        self.tables = {t: PartWriter(self.fs, join(self.staging, t), schemas[t], rows_per_file) for t in TABLES}
+        self.clips_dir = join(self.staging, "clips")
+        # The full URL for the workers (`root` has no protocol on S3).
+        self.clips_url = self.clips_dir if _is_local_fs(self.fs) else f"{_protocol(self.fs)}://{self.clips_dir}"
+        self.videos = PartWriter(self.fs, join(self.staging, "videos"), videos_schema, rows_per_file)
 
     def _heartbeat(self) -> None:
         # A thread, so the lease stays fresh while rows stall (actors starting, a long video).
@@ -274,21 +287,34 @@ class StagedRun:
             except Exception:  # a transient store error: the next beat tries again
                 pass
 
-    def write(self, table: str, rows: list[dict]) -> None:
-        self.tables[table].write(rows)
+    def drop_videos(self, name: str, video_ids: set[str]) -> tuple[str, int]:
+        """A new staged clips file: ``name`` without the rows of ``video_ids`` (videos that
+        failed after some of their clips were written). Returns (new name, rows); rows 0: no
+        file, nothing to publish."""
+        src = join(self.clips_dir, name)
+        with self.fs.open(src, "rb") as f:
+            table = pq.read_table(f)
+        keep = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(sorted(video_ids)))))
+        if not keep.num_rows:
+            return "", 0
+        new = f"part-{uuid.uuid4().hex}.parquet"
+        with self.fs.open(join(self.clips_dir, new), "wb") as f:
+            pq.write_table(keep, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        return new, keep.num_rows
 
-    def commit(self, record: dict) -> list[str]:
-        """Publish the staged files, then put the run record (``record`` plus ``files``): the
-        run is visible from that put. Returns the data files, relative to the output root."""
-        for w in self.tables.values():
-            w.close()
+    def commit(self, record: dict, clip_files: list[str]) -> list[str]:
+        """Publish the staged files the run accepted (every `videos` part, and ``clip_files`` in
+        clips/), then put the run record (``record`` plus ``files``): the run is visible from that
+        put. Returns the data files, relative to the output root."""
+        self.videos.close()
         self._stop_beat.set()
         files = []
-        for table, part_writer in self.tables.items():
-            published = publish(self.fs, join(self.staging, table), join(self.root, table, f"run_id={self.run_id}"))
-            if len(published) != part_writer.parts:  # staging was removed under us (a sweep misjudged the lease)
-                raise RuntimeError(f"run {self.run_id}: {part_writer.parts} {table} parts written, "
-                                   f"{len(published)} found at commit: not committing")
+        for table, names in (("clips", clip_files), ("videos", self.videos.names)):
+            try:
+                published = publish(self.fs, join(self.staging, table), names,
+                                     join(self.root, table, f"run_id={self.run_id}"))
+            except FileNotFoundError as e:  # staging was removed under us (a sweep misjudged the lease)
+                raise RuntimeError(f"run {self.run_id}: a staged {table} file is gone ({e}): not committing") from e
             files += [f[len(self.root) + 1:] for f in published]
         write_record(self.fs, self.root, self.run_id, json.dumps({**record, "files": files}, indent=2, sort_keys=True))
         self._remove_staging()
@@ -297,11 +323,10 @@ class StagedRun:
     def abort(self) -> None:
         """A run that failed in-process: drop its staging (a killed one is swept next time)."""
         self._stop_beat.set()
-        for w in self.tables.values():
-            try:
-                w.close()
-            except Exception:
-                pass
+        try:
+            self.videos.close()
+        except Exception:
+            pass
         self._remove_staging()
 
     def _remove_staging(self) -> None:

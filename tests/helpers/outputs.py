@@ -1,9 +1,6 @@
 """Helpers that read what a run committed, and what decoding the sources directly gives."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,8 +8,6 @@ import pyarrow.parquet as pq
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.decoding.stage import decode_video
 from r2p1d_batch.runs import commit
-
-from . import REPO
 
 
 def expected_clips(paths: dict[str, Path]) -> list[tuple]:
@@ -35,13 +30,14 @@ def committed(out: Path, table: str) -> list[dict]:
     return rows
 
 
-def label_cli(manifest: Path, out: Path, *sets: str, timeout: float = 600) -> None:
-    """`jobs/label.py MANIFEST --output OUT` with random weights on its own small local Ray."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    args = [a for s in ("model.weights=random", "ray.num_cpus=2", "ray.progress_bars=false", *sets)
-            for a in ("--set", s)]
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "label.py"), str(manifest), "--output", str(out),
-                           *args, "--log-level", "WARNING"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+def label_run(manifest: Path, out: Path, *sets: str):
+    """pipeline.label(MANIFEST -> OUT) with random weights, in this process on the session's local
+    Ray (the caller asks for the ``ray_local`` fixture): what jobs/label.py does, without starting
+    a Python, torch and a Ray of its own. Returns the committed run's summary."""
+    from r2p1d_batch.pipeline import label
+
+    cfg = config_mod.load(None, ["model.weights=random", "ray.progress_bars=false", *sets], manifest=str(manifest),
+                          **{"output.path": str(out)})
+    summary = label(cfg)
+    assert summary.committed, summary.text()
+    return summary

@@ -64,3 +64,23 @@ def decoded_table(kinds: str, seed: int = 0) -> tuple[pa.Table, list[np.ndarray]
     cols["clip_index"] = list(range(len(kinds)))
     cols["frames"] = [next(it).tobytes() if k == "c" else None for k in kinds]
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema.DECODED}, schema=schema.DECODED), clips
+
+
+def make_cut_video(path: Path, n_frames: int = 150, fps: int = 15, keep: float = 0.6, seed: int = 0) -> Path:
+    """A video whose decode fails half-way: its index (moov) comes first, then its data is cut at
+    ``keep`` of the file, so the first clips decode and the rest are missing (Truncated)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = make_video(Path(tmp) / "src.mp4", n_frames=n_frames, fps=fps, size=(64, 48), pattern="noise", seed=seed)
+        with av.open(str(src)) as i, av.open(str(path), "w", options={"movflags": "faststart"}) as o:
+            ins = i.streams.video[0]
+            outs = o.add_stream_from_template(ins)
+            for pkt in i.demux(ins):
+                if pkt.dts is None:
+                    continue
+                pkt.stream = outs
+                o.mux(pkt)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
