@@ -9,6 +9,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -152,6 +153,31 @@ def test_decide_matches_the_specification_on_random_histories(tmp_path):
                     mismatches.append((seed, weights, mode))
                 assert incremental.counts(codes) == {d: want.count(d) for d in incremental.DECISIONS}
     assert mismatches == []
+
+
+def test_decide_is_exact_when_high_halves_collide(tmp_path, monkeypatch):
+    """Keys are 128-bit; the searches go by the high 64 bits first. Squeezed to 3 values, every
+    high half collides: the decisions must still be the specification's."""
+    md5 = incremental._md5
+
+    def colliding(*args, **kwargs):
+        got = md5(*args, **kwargs)
+        got["hi"] = got["hi"] % np.uint64(3)
+        return got
+
+    monkeypatch.setattr(incremental, "_md5", colliding)
+    for seed in range(6):
+        rng = random.Random(100 + seed)
+        out = tmp_path / f"o{seed}"
+        out.mkdir()
+        _committed(out, rng)
+        rows = rng.sample(range(40), 30)
+        ids, fps = [f"v{i}" for i in rows], [rng.choice(["fa", "fb", None, "fc", "fd"]) for _ in rows]
+        committed = incremental.committed_videos(str(out))
+        for weights, mode in (("w0", "incremental"), ("w1", "rerun_failed"), ("w0", "force")):
+            codes = incremental.decide(pa.chunked_array([pa.array(ids)]), pa.array(fps, pa.string()), weights,
+                                       str(out), None, mode)
+            assert [incremental.DECISIONS[c] for c in codes] == incremental.select(ids, fps, weights, committed, mode)
 
 
 def test_decide_on_an_empty_output_labels_everything(tmp_path):

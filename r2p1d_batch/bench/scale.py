@@ -164,7 +164,7 @@ def _child(manifest: str, output: str, first_rows: bool) -> None:
         writer.RunWriter.add = first
     cfg = config_mod.load(None, ["model.weights=random", "ray.progress_bars=false", "ray.num_cpus=2",
                                  "ray.object_store_memory_mb=300"], manifest=manifest, **{"output.path": output})
-    out: dict = {}
+    out: dict = {"load_before": round(os.getloadavg()[0], 2)}
     try:
         s = pipeline.label(cfg)
         out.update(committed=s.committed, run_id=s.run_id, videos=s.videos,
@@ -173,7 +173,7 @@ def _child(manifest: str, output: str, first_rows: bool) -> None:
         out["stopped"] = "at the first rows"
     import ray
 
-    out.update(ray_started=ray.is_initialized())
+    out.update(ray_started=ray.is_initialized(), load_after=round(os.getloadavg()[0], 2))
     out.update(wall_s=round(time.perf_counter() - t0, 2), **{k: round(v, 2) for k, v in marks.items()},
                peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
     print("SCALE " + json.dumps(out), flush=True)
@@ -196,7 +196,8 @@ def _measure(manifest: Path, output: Path, first_rows: bool = False, timeout: fl
 def plan_rows(sizes: tuple[int, ...] = (1_000_000, 3_000_000), repeats: int = 2, changed_fraction: float = 0.01,
               changed_rows: Optional[int] = 1_000_000, root: Path = CACHE) -> list[dict]:
     """Rows for the "scale" section: per size, a skip-all incremental rerun through pipeline.label
-    (best wall of ``repeats`` fresh processes; the peak RSS of that process), and with
+    (best wall of ``repeats`` fresh processes, the highest peak RSS; the 1-minute load average
+    before and after each, since the machine may be shared), and with
     ``changed_rows``, a run of that many rows where ``changed_fraction`` changed (stopped at the
     first decoded rows). Inputs are built on first use (minutes for 10M) and cached in ``root``."""
     rows = []
@@ -208,8 +209,8 @@ def plan_rows(sizes: tuple[int, ...] = (1_000_000, 3_000_000), repeats: int = 2,
         if best["videos_skipped"] != n or best["videos"]:
             raise RuntimeError(f"a skip-all rerun of {n} rows labeled something: {best}")
         rows.append({"case": "skip-all rerun", "rows": n, "wall_s": best["wall_s"],
-                     "peak_rss_gib": best["peak_rss_gib"], "walls_s": [r["wall_s"] for r in runs],
-                     "ray_started": best["ray_started"]})
+                     "peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "walls_s": [r["wall_s"] for r in runs],
+                     "load": [(r["load_before"], r["load_after"]) for r in runs], "ray_started": best["ray_started"]})
     if changed_rows:
         n = changed_rows
         fps = ensure_files(n, root)
@@ -217,5 +218,6 @@ def plan_rows(sizes: tuple[int, ...] = (1_000_000, 3_000_000), repeats: int = 2,
         got = _measure(manifest, output, first_rows=True)
         rows.append({"case": f"{changed_fraction:.0%} changed", "rows": n, "to_label": int(round(n * changed_fraction)),
                      "execution_start_s": got.get("execution_start_s"), "first_rows_s": got.get("first_rows_s"),
-                     "peak_rss_gib": got["peak_rss_gib"], "ray_started": got["ray_started"]})
+                     "peak_rss_gib": got["peak_rss_gib"], "load": [(got["load_before"], got["load_after"])],
+                     "ray_started": got["ray_started"]})
     return rows

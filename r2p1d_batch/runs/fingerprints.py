@@ -41,7 +41,7 @@ log = logging.getLogger("r2p1d_batch")
 
 CHUNK = 1 << 16  # local rows per stat task
 # Threads stat'ing local files: the syscall releases the GIL, the rest does not. Measured on the
-# 2-vCPU machine: more than 2 was slower, and each thread's malloc arena kept ~50 MB.
+# idle 2-vCPU machine, per file: 1 thread 3.6-3.8 us, 2 threads 3.1-3.3, 4 or 8 4.0-4.5.
 LOCAL_THREADS = 2
 LIST_MAX_KEYS = 1000  # S3's page size for ListObjectsV2
 
