@@ -130,3 +130,16 @@ def test_read_returns_only_the_selected_rows_and_reads_only_their_row_groups(tmp
     assert got.column("video_id").to_pylist() == ["id5", "id6", "id950"]
     assert got.column("tags").to_pylist() == [["5"], ["6"], ["950"]] and got.schema == m.schema
     assert sum(1 for _ in m.read(mask)) == 2  # two row groups of ten read
+
+
+def test_a_sharded_manifest_on_s3(s3_env, tmp_path):
+    s3_env.bucket("shards")
+    for i in range(3):
+        local = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"uri": [f"s3://v/{i}-{j}.mp4" for j in range(2)], "camera": [f"c{i}"] * 2}), local)
+        s3_env.put("shards", f"m/day=1/part-{i}.parquet", local)
+    s3_env.put("shards", "m/_SUCCESS", b"")
+    for uri, first in (("s3://shards/m", "day=1/part-0.parquet"), ("s3://shards/m/day=1/*.parquet", "part-0.parquet")):
+        m = read_manifest(uri)
+        assert (m.num_rows, m.names[0], m.extras) == (6, first, ["camera"])
+        assert m.table().column("camera").to_pylist() == ["c0", "c0", "c1", "c1", "c2", "c2"]
