@@ -5,6 +5,7 @@ No ray or torch imports here: the driver validates config before any work starts
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -187,6 +188,25 @@ class StorageConfig(_Section):
     read_timeout_sec: float = Field(60.0, gt=0)
     block_size_mb: float = Field(8.0, gt=0, le=1024)  # bytes per ranged GET when reading
     cache_type: Literal["readahead", "bytes", "blockcache", "first", "none"] = "readahead"
+    # URL protocols a manifest row may name (every protocol of a chained URL such as
+    # simplecache::s3://... counts). Anything else is never opened, on the driver or a worker: the
+    # row becomes an error row "ProtocolNotAllowed". Local files and S3 by default; add http,
+    # https, gs, memory... deliberately (an http:// row makes workers fetch whatever address the
+    # cluster can reach: instance metadata, internal services).
+    allowed_protocols: list[str] = ["file", "local", "s3", "s3a"]
+
+    @field_validator("allowed_protocols", mode="before")
+    @classmethod
+    def _protocols(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in v):
+            raise ValueError("allowed_protocols must be a list of protocol names, e.g. [file, local, s3, s3a]")
+        out = [p.strip().lower() for p in v]
+        bad = [p for p in out if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", p)]
+        if bad:
+            raise ValueError(f"allowed_protocols: {bad} are not protocol names (write s3, not s3://)")
+        return out
 
 
 class OutputConfig(_Section):

@@ -22,13 +22,13 @@ from .classifying.model import WeightsError, kinetics_available, kinetics_checkp
 from .classifying.stage import ClassifierActor
 from .config import Config
 from .decoding.faults import TEST_HOOKS_ENV, hook_target
-from .decoding.lanes import NvdecDecodeStage, split_rows
+from .decoding.lanes import NvdecDecodeStage
 from .decoding.lanes import decode_device as decode_device_for
 from .decoding.sampling import sampling_id
 from .decoding.stage import DecodeStage
 from .errors import ServiceError
 from .planning import sizing
-from .planning.manifest import read_manifest
+from .planning.manifest import Manifest, read_manifest
 from .planning.placement import (
     actor_pool,
     check_stages,
@@ -40,7 +40,8 @@ from .planning.placement import (
     writer_args,
 )
 from .planning.sizing import writer_tasks
-from .runs import commit, incremental
+from .planning.todo import CPU_LANE, NVDEC_LANE, Todo
+from .runs import commit, fingerprints, incremental
 from .runs.clip_writer import ClipWriter, batch_rows
 from .runs.summary import RunSummary
 from .runs.writer import RunWriter
@@ -122,18 +123,24 @@ def wait_for_output(cfg: Config) -> commit.Sweep:
         time.sleep(min(30.0, cfg.run.stale_after_sec / 4 + 1))
 
 
-def plan(cfg: Config, manifest: pa.Table, weights: str) -> tuple[pa.Table, dict[str, int]]:
-    """Stage 0b (driver): which manifest rows this run labels, from the committed videos rows.
-    Fingerprints are fetched here (one stat/HEAD per video, no data read) so skipping costs no
-    decode. Returns the rows to label and the per-decision counts."""
-    ids = manifest.column("video_id").to_pylist()
-    targets = [hook_target(u) for u in manifest.column("uri").to_pylist()]
-    fps = incremental.fingerprints(targets, cfg.storage)
-    committed = incremental.committed_videos(cfg.output.path, cfg.storage)
-    decisions = incremental.select(ids, fps, weights, committed, cfg.run.mode)
-    counts = {d: decisions.count(d) for d in incremental.DECISIONS}
-    todo = manifest.filter(pa.array([d != incremental.SKIP for d in decisions]))
-    return todo, counts
+def plan(cfg: Config, manifest: Manifest, weights: str) -> Todo:
+    """Stage 0b (driver): which manifest rows this run labels, from the committed videos rows,
+    over columns (no Python object per row). Fingerprints come from listings, not a request per
+    video (runs/fingerprints.py: a stat per local file, a LIST per 1,000 S3 keys, nothing for
+    URLs outside storage.allowed_protocols), so skipping costs no decode; each is folded into a
+    16-byte key as it arrives and the decisions are incremental.decide_keys'. Returns the Todo: a
+    mask over the manifest and the per-decision counts."""
+    hooked = os.environ.get(TEST_HOOKS_ENV) == "1"  # a test's hooked URIs stand for their target files
+    targets = ((i, pa.array([hook_target(u) for u in uris.to_pylist()], pa.string()) if hooked else uris)
+               for i, uris in manifest.uri_batches())
+    keys = incremental.Keys(manifest.num_rows)
+    try:
+        for rows, fps in fingerprints.fingerprint_pieces(targets, cfg.storage):
+            keys.add(rows, manifest.ids(rows), fps)
+        codes = incremental.decide_keys(keys, manifest.video_id, weights, cfg.output.path, cfg.storage, cfg.run.mode)
+    finally:
+        keys.close()
+    return Todo(manifest, codes != incremental.CODE[incremental.SKIP], incremental.counts(codes))
 
 
 def label(cfg: Config) -> RunSummary:
@@ -154,7 +161,8 @@ def label(cfg: Config) -> RunSummary:
             f"{commit.STAGING_DIR}/run_id={swept.live[0]}/); not starting a second writer"
         )
     # Stage 0b (driver): incremental selection against the committed videos rows.
-    todo, counts = plan(cfg, manifest, weights)
+    todo = plan(cfg, manifest, weights)
+    counts = todo.counts
     log.info("run %s: %d manifest rows (%s), %d to label -> %s", run_id, manifest.num_rows,
              ", ".join(f"{k} {v}" for k, v in counts.items()), todo.num_rows, cfg.output.path)
 
@@ -167,7 +175,7 @@ def label(cfg: Config) -> RunSummary:
                  ", ".join(sized["kept"]) or "none")
 
     writer = RunWriter(
-        cfg.output.path, run_id, todo, sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
+        cfg.output.path, run_id, todo.writer_rows(), sampling=sampling_id(cfg.sampling), topk_n=cfg.model.topk,
         rows_per_file=cfg.output.rows_per_file, storage=cfg.storage, config=cfg.model_dump(mode="json"),
         started=time.time() - (time.perf_counter() - t0),  # the run's start, epoch (the classifier's clock)
     )
@@ -207,7 +215,7 @@ def _stalled_message(cfg: Config, run_id: str) -> str:
             f"waited for up to that long; nothing was committed, the next run labels these videos.")
 
 
-def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | None = None,
+def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = None,
              decode_slots: int = 1, weights: str | None = None, *, clip_writer: ClipWriter):
     init_ray(cfg)
     _configure_data(cfg)
@@ -219,9 +227,11 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
 
     # Stage 1: one row per video, spread over blocks so decode tasks run in parallel: a few
     # videos per block (one Ray task each), enough blocks per decode slot (sizing.decode_blocks).
-    rows = todo.select(["video_id", "uri", "start_sec", "end_sec"]).to_pylist()
-    rows, nvdec_rows = split_rows(rows, cfg.decode.nvdec.share) if decode_device == "cuda" else (rows, [])
-    ds = ray.data.from_items(rows, override_num_blocks=sizing.decode_blocks(len(rows), decode_slots))
+    # Arrow blocks cut from the manifest's files as the driver streams them (planning/todo.py),
+    # extras included; with the NVDEC lane on, every 1/share-th row goes to that lane instead.
+    lanes = todo_datasets(todo, sizing.decode_blocks(todo.num_rows, decode_slots),
+                          cfg.decode.nvdec.share if decode_device == "cuda" else None)
+    ds = lanes[CPU_LANE]
 
     # Where stages 2 and 3 may run, how Ray retries them (a lost node included) and what keeps
     # them apart: placement.py. Test hooks reach decode workers only when a test drives us.
@@ -237,9 +247,8 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     )
     # Stage 2b (decode.device resolved to cuda): the NVDEC lane, decode actors with a GPU fraction
     # each (1:N like stage 2; NOT YET RUN ON A GPU), merged with the CPU lane before the classifier.
-    if nvdec_rows:
-        lane = ray.data.from_items(nvdec_rows, override_num_blocks=min(len(nvdec_rows), 4096))
-        ds = ds.union(nvdec_lane(lane, cfg, run_id, decode["runtime_env"]))
+    if NVDEC_LANE in lanes:
+        ds = ds.union(nvdec_lane(lanes[NVDEC_LANE], cfg, run_id, decode["runtime_env"]))
 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     ds = ds.map_batches(
@@ -270,6 +279,37 @@ def _labeled(cfg: Config, todo: pa.Table, run_id: str, summary: RunSummary | Non
     # done (the last two together), which held reports back; they are small, so prefetching buys
     # nothing.
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def todo_datasets(todo: Todo, blocks: int, nvdec_share: float | None = None) -> dict[str, ray.data.Dataset]:
+    """Stage 1's datasets, one per decode lane that has rows (CPU_LANE always), holding exactly
+    the blocks Todo.blocks cuts. This is ray.data.from_blocks, streamed: each block goes to the
+    object store as soon as it is cut, with its metadata computed here (no task per block), so
+    the driver holds one block at a time. (from_arrow_refs would run a task per block for its
+    metadata; read_parquet of staged files adds listing and read tasks that need CPUs the
+    classifier may hold.) Ray internals, pinned by requirements.lock, as in placement.py."""
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators import FromBlocks
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.block import BlockMetadataWithSchema
+    from ray.data.dataset import MaterializedDataset
+
+    refs: dict[str, list] = {CPU_LANE: [], NVDEC_LANE: []}
+    metas: dict[str, list] = {CPU_LANE: [], NVDEC_LANE: []}
+    for lane, block in todo.blocks(blocks, nvdec_share):
+        refs[lane].append(ray.put(block))
+        metas[lane].append(BlockMetadataWithSchema.from_block(block))
+    out = {}
+    for lane in refs:
+        if lane != CPU_LANE and not refs[lane]:
+            continue
+        if not refs[lane]:  # every row went to NVDEC: one empty block with the rows' schema
+            empty = todo.manifest.schema.empty_table()
+            refs[lane], metas[lane] = [ray.put(empty)], [BlockMetadataWithSchema.from_block(empty)]
+        stats = DatasetStats(metadata={"FromBlocks": metas[lane]}, parent=None)
+        context = ray.data.DataContext.get_current().copy()
+        out[lane] = MaterializedDataset(LogicalPlan(FromBlocks(refs[lane], metas[lane]), context), context, stats)
+    return out
 
 
 def nvdec_lane(ds: ray.data.Dataset, cfg: Config, run_id: str, runtime_env: dict | None) -> ray.data.Dataset:

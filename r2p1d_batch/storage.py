@@ -17,9 +17,13 @@ a few blocks, never the whole object, and holds at most one block in memory.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import StorageConfig
 
@@ -35,6 +39,69 @@ S3_PROTOCOLS = ("s3", "s3a")
 
 def _protocol(uri: str) -> str:
     return fsspec.core.split_protocol(uri)[0] or "file"
+
+
+# -- which URLs may be opened at all (storage.allowed_protocols) ----------------------------------
+_NOT_A_WORD = re.compile(".*[^a-z]+.*")  # fsspec's own test for a chain part that is not a bare protocol
+
+
+def protocols(uri: str) -> list[str]:
+    """Every protocol fsspec would use to open ``uri``, chained URLs included, without opening
+    anything: ``simplecache::s3://b/k`` -> [simplecache, s3]; ``zip://a.mp4::/x.zip`` -> [zip, file];
+    a plain path -> [file]. The same split as fsspec.core.url_to_fs (``_un_chain``)."""
+    if "::" in uri:
+        bits = [p if "://" in p or _NOT_A_WORD.match(p) else p + "://" for p in uri.split("::")]
+    else:
+        bits = [uri]
+    return [fsspec.core.split_protocol(b)[0] or "file" for b in bits]
+
+
+class ProtocolNotAllowed(OSError):
+    """A URI whose protocol is outside storage.allowed_protocols: never opened; an error row."""
+
+    kind = "ProtocolNotAllowed"
+
+
+def disallowed(uri: str, allowed) -> Optional[str]:
+    """Why ``uri`` may not be opened under the allow-list ``allowed`` (None: it may)."""
+    bad = [p for p in protocols(uri) if p not in allowed]
+    if not bad:
+        return None
+    return (f"{uri}: protocol {bad[0]!r} is not in storage.allowed_protocols ({', '.join(allowed)}); "
+            "not opened (add it to the list to read such URLs)")
+
+
+def check_protocol(uri: str, cfg: Optional[StorageConfig] = None) -> None:
+    """Raise ProtocolNotAllowed for a URI outside ``storage.allowed_protocols``, before any request.
+    The decode stage calls this first thing; ``error_kind`` turns it into the row's error."""
+    why = disallowed(uri, (cfg or StorageConfig()).allowed_protocols)
+    if why:
+        raise ProtocolNotAllowed(why)
+
+
+def allowed_mask(uris, allowed, at=None, odd: Optional[np.ndarray] = None) -> np.ndarray:
+    """``disallowed(u, allowed) is None`` for every URI of an Arrow string array, vectorised: the
+    common shapes (a path, ``proto://...``) by Arrow kernels, chained (``::``) and ``data:`` URLs
+    (rare) one by one. A null URI is not allowed. ``at`` (``pc.find_substring(uris, "://")``)
+    and ``odd`` (those rare rows) are computed here unless the caller has them."""
+    uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
+    allowed = list(allowed)
+    # split_protocol: the text before the first "://" when it is longer than one character,
+    # else (no "://", or "C://...") a path: "file"
+    at = pc.find_substring(uris, "://") if at is None else at
+    out = _np(pc.less_equal(at, 1)) if "file" in allowed else np.zeros(len(uris), bool)
+    for p in allowed:
+        out |= _np(pc.and_(pc.equal(at, len(p)), pc.starts_with(uris, p + "://")))
+    if odd is None:
+        odd = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
+    for i in np.flatnonzero(odd):
+        u = uris[int(i)].as_py()
+        out[i] = u is not None and disallowed(u, allowed) is None
+    return out & _np(pc.is_valid(uris))
+
+
+def _np(mask) -> np.ndarray:
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
 def with_env(cfg: Optional[StorageConfig] = None, env: Optional[dict] = None) -> StorageConfig:
@@ -88,6 +155,23 @@ def storage_options(uri: str, cfg: Optional[StorageConfig] = None) -> dict[str, 
     return opts
 
 
+def s3_client(cfg: Optional[StorageConfig] = None, max_pool_connections: int = 32):
+    """A botocore S3 client with the settings ``storage_options`` gives s3fs (endpoint, region,
+    profile or anonymous access, retries, timeouts), for the calls the plan makes itself (listing
+    pages it parses on its own: runs/fingerprints.py). Credentials: botocore's usual chain."""
+    import botocore.session
+    from botocore import UNSIGNED
+    from botocore.config import Config as BotoConfig
+
+    cfg = with_env(cfg)
+    session = botocore.session.Session(profile=cfg.profile if cfg.profile and not cfg.anon else None)
+    unsigned = {"signature_version": UNSIGNED} if cfg.anon else {}
+    conf = BotoConfig(retries={"max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
+                      connect_timeout=cfg.connect_timeout_sec, read_timeout=cfg.read_timeout_sec,
+                      max_pool_connections=max_pool_connections, **unsigned)
+    return session.create_client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, config=conf)
+
+
 def filesystem(uri: str, cfg: Optional[StorageConfig] = None):
     """(fs, path) for a local path or URL."""
     return fsspec.core.url_to_fs(uri, **storage_options(uri, cfg))
@@ -117,6 +201,8 @@ def s3_error_code(e: BaseException) -> str:
 
 def error_kind(e: Exception, uri: str) -> tuple[str, str]:
     """(error_class, message) for one of STORAGE_ERRORS, with what the store said."""
+    if isinstance(e, ProtocolNotAllowed):
+        return ProtocolNotAllowed.kind, str(e)
     code = s3_error_code(e)
     said = f"{code}: {e}" if code and code not in str(e) else str(e)
     where = "S3" if _protocol(uri) in S3_PROTOCOLS else "storage"

@@ -10,7 +10,7 @@ pixels through the object store, but decode and the model then share one process
 schedule), is not built; the choice is left to measurement on a GPU node.
 
 On the driver: ``decode_device`` turns ``decode.device`` into ``cpu`` (the pipeline is then exactly the
-CPU path) or ``cuda`` (both lanes), and ``split_rows`` sends a share of the videos to the NVDEC
+CPU path) or ``cuda`` (both lanes), and ``nvdec_rows`` sends a share of the videos to the NVDEC
 lane. In a lane, every video still ends as its clip rows plus exactly one video row; a video the
 NVDEC path cannot decode (decoder_choice.choose) or that fails mid-stream is decoded by PyAV
 there, and its row says so (``decoder``, ``decoder_note``).
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+
+import numpy as np
 
 from . import colour
 from .choice import (
@@ -147,17 +149,15 @@ def decode_device(cfg) -> str:
     return device
 
 
-def split_rows(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
-    """(CPU lane rows, NVDEC lane rows): every ``1/share``-th video to NVDEC, spread evenly
-    through the manifest order (a static split; balancing by queue depth is to be measured)."""
-    cpu, gpu = [], []
-    acc = 0.0
-    for row in rows:
-        acc += share
-        if acc >= 1.0 - 1e-9:
-            acc -= 1.0
-            gpu.append(row)
-        else:
-            cpu.append(row)
-    return cpu, gpu
+def nvdec_rows(n: int, share: float) -> np.ndarray:
+    """Which of ``n`` rows go to the NVDEC lane (bool per row): every ``1/share``-th video, spread
+    evenly through the manifest order (a static split; balancing by queue depth is to be
+    measured). Row i goes when the running total ``(i + 1) * share`` passes a whole number."""
+    total = np.floor(np.arange(n + 1, dtype=np.float64) * share + 1e-9)
+    return np.diff(total) > 0
 
+
+def split_rows(rows: list, share: float) -> tuple[list, list]:
+    """(CPU lane rows, NVDEC lane rows) of a list, by ``nvdec_rows``."""
+    gpu = nvdec_rows(len(rows), share)
+    return [r for r, g in zip(rows, gpu) if not g], [r for r, g in zip(rows, gpu) if g]

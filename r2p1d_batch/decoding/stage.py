@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..config import Config
-from ..storage import STORAGE_ERRORS, error_kind, filesystem, fingerprint, is_local
+from ..storage import STORAGE_ERRORS, check_protocol, error_kind, filesystem, fingerprint, is_local
 from .faults import CRASHES_BEFORE_ERROR, CrashLedger, Deadline, test_hooks
 from .preprocess import one_torch_thread, preset
 from .pyav import DecodeError, VideoSource
@@ -61,6 +61,7 @@ def _clip_rows(row: dict, cfg: Config, ledger: CrashLedger, gpu, deadline: Deadl
     ``deadline``'s clock runs except while a row is out with the consumer."""
     uri = row["uri"]
     target, per_clip_sleep, got.noted = _test_hook(row, ledger)
+    check_protocol(target, cfg.storage)  # storage.allowed_protocols: no request for any other URL
     fs, path = _stat(target, uri, cfg, got.meta)
     # From here on native code (FFmpeg) runs: note the attempt in the crash ledger.
     got.noted = got.noted or _note_attempt(ledger, row)

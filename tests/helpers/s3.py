@@ -54,6 +54,16 @@ class MotoS3:
         }]}
         self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
+    def put_many(self, bucket: str, objects: dict[str, bytes]) -> None:
+        """Many small objects at once, straight into the in-process server's backend (10,000 in
+        well under a second; a PUT each through the API takes minutes on 2 vCPUs)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key, body in objects.items():
+            backend.put_object(bucket, key, body)
+
     def put(self, bucket: str, key: str, path_or_bytes, public: bool = False) -> str:
         body = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
         extra = {"ACL": "public-read"} if public else {}
