@@ -200,3 +200,25 @@ def test_gpu_only_model_section_skips_the_cpu_runtimes():
     assert names[0] == "torch-cpu-fp32 (eager)" and names[-1].startswith("roofline")
     assert not any("onnxruntime" in n or "channels_last_3d" in n and "cuda" not in n for n in names)
     assert any("cuda" in n for n in names) == torch.cuda.is_available()
+
+
+@pytest.mark.slow
+@pytest.mark.ray  # the 1%-changed run starts Ray in its child process
+def test_bench_scale_section_measures_the_plan_and_the_write_path(tmp_path, capsys):
+    """`r2p1d bench --only scale`: a skip-all rerun through pipeline.label in a fresh process
+    starts no Ray and labels nothing (its empty record dropped, the generated output kept as
+    it was); a 1%-changed run reaches its first rows; the write path has a row per case."""
+    from r2p1d_batch.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--tiny", "--only", "scale", "--inputs", str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert "== scale ==" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["sections"]["scale"]["rows"]
+    skip, changed = [r for r in rows if r["part"] == "plan"]
+    assert (skip["case"], skip["rows"], skip["ray_started"]) == ("skip-all rerun", 2000, False)
+    assert skip["wall_s"] > 0 and skip["peak_rss_gib"] > 0
+    assert len(list((tmp_path / "in" / "scale" / "out-2000" / "_runs").glob("run_id=*.json"))) == 1
+    assert (changed["case"], changed["to_label"], changed["ray_started"]) == ("1% changed", 20, True)
+    assert 0 < changed["execution_start_s"] <= changed["first_rows_s"]
+    writes = [r for r in rows if r["part"] == "write"]
+    assert len(writes) == 7 and all(r["driver_us_per_clip"] > 0 for r in writes)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from r2p1d_batch import config as config_mod
 from r2p1d_batch.decoding.stage import decode_video
@@ -184,14 +183,3 @@ def test_decide_on_an_empty_output_labels_everything(tmp_path):
     codes = incremental.decide(pa.chunked_array([pa.array(["a", "b"])]), pa.array(["x", None], pa.string()),
                                "w", str(tmp_path / "none"))
     assert [incremental.DECISIONS[c] for c in codes] == ["new", "new"]
-
-
-@pytest.mark.slow
-def test_a_skip_all_rerun_through_label_starts_no_ray(tmp_path):
-    """bench.scale at a small size: pipeline.label in a fresh process, over a committed output
-    that has every row's fingerprint, skips them all without starting Ray."""
-    from r2p1d_batch.bench.scale import plan_rows
-
-    (row,) = plan_rows(sizes=(2500,), repeats=1, changed_rows=None, root=tmp_path)
-    assert (row["rows"], row["ray_started"]) == (2500, False)
-    assert len(list((tmp_path / "out-2500" / "_runs").glob("run_id=*.json"))) == 1  # the rerun's empty record dropped

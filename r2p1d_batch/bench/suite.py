@@ -36,12 +36,17 @@ class Mode:
     curate_sizes: tuple[int, ...] = (25_000, 50_000, 100_000)  # duplicate report: clips, each size a fresh process
     curate_storage_clips: int = 20_000  # Parquet bytes per clip over this many clips
     curate_model: tuple[int, int, int] = (8, 3, 2)  # embedding cost: batch, rounds, batches per round
+    scale_rows: tuple[int, ...] = (1_000_000, 3_000_000, 10_000_000)  # skip-all reruns: manifest rows, each size
+    scale_changed_rows: int = 1_000_000  # a 1%-changed run of this many rows (time to the first decoded rows)
+    scale_repeats: int = 2
+    driver_clips: int = 200_000  # write path per clip: synthetic labeled clips per case
 
 
 MODES = {
     "tiny": Mode((("360p", 4),), None, ("360p", 4), 2, 0.0, 1, 2, (), 1.0, ("cpu.yaml",), (), 60.0,
                  overhead_rows=20, node_seconds=4, node_copies=2, node_resolutions=("360p",),
                  levers_videos=(("360p", 4),), curate_sizes=(2_000,), curate_storage_clips=2_000,
+                 scale_rows=(2_000,), scale_changed_rows=2_000, scale_repeats=1, driver_clips=2_000,
                  curate_model=(1, 1, 1)),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
@@ -50,7 +55,7 @@ MODES = {
                   (("360p", 20),) * 4, 2.0, (None,), (("1080p", 60), ("1080p", 1800)), 60.0,
                   overhead_rows=1000, node_seconds=60, node_copies=8,
                   levers_videos=(("360p", 20), ("720p", 20), ("1080p", 20)), levers_repeats=3,
-                  curate_sizes=(25_000,), curate_model=(8, 2, 1)),
+                  curate_sizes=(25_000,), curate_model=(8, 2, 1), scale_rows=(1_000_000,)),
     "full": Mode((("360p", 60), ("720p", 60)), None, ("360p", 300), 16, 30.0, 5, None,
                  (("360p", 60), ("360p", 60), ("720p", 60), ("720p", 60)), 1.0, (None, "cpu.yaml"),
                  (("1080p", 60), ("1080p", 1800)), 30.0, overhead_rows=5000, overhead_repeats=2,
@@ -179,6 +184,20 @@ def _node(m: Mode, ctx: Context) -> Section:
     return Section(rows, notes, files=(write_node_json(rows, notes, ctx.machine, ctx.node_out),))
 
 
+def _scale(m: Mode, ctx: Context) -> Section:
+    from .driver import driver_rows
+    from .scale import plan_rows
+
+    writes, write_notes = driver_rows(m.driver_clips)
+    plans = plan_rows(m.scale_rows, m.scale_repeats, changed_rows=m.scale_changed_rows,
+                      root=inputs.cache_dir(ctx.inputs_dir) / "scale")
+    notes = ["plan: a nightly incremental rerun through pipeline.label in a fresh process (wall, peak RSS); "
+             "skip-all: every row committed with a matching fingerprint; 1% changed: stopped at the first decoded "
+             "rows; inputs cached in the bench's inputs directory, scale/ (minutes to build at 10M)",
+             *(f"write: {n}" for n in write_notes)]
+    return Section([{"part": "plan", **r} for r in plans] + [{"part": "write", **r} for r in writes], notes)
+
+
 def _curate(m: Mode, ctx: Context) -> Section:
     from .curate import curate_rows
 
@@ -189,9 +208,9 @@ def _curate(m: Mode, ctx: Context) -> Section:
 # They run in this order, whatever order they are asked for in.
 _SECTIONS: dict[str, Callable[[Mode, Context], Optional[Section]]] = {
     "decode": _decode, "sparse": _sparse, "fidelity": _fidelity, "levers": _levers, "model": _model, "e2e": _e2e,
-    "memory": _memory, "overhead": _overhead, "node": _node, "curate": _curate,
+    "memory": _memory, "overhead": _overhead, "node": _node, "curate": _curate, "scale": _scale,
 }
-ON_REQUEST = ["curate"]  # run only when named (--only curate): not part of a default run
+ON_REQUEST = ["curate", "scale"]  # run only when named (--only curate, --only scale): not in a default run
 SECTIONS = [s for s in _SECTIONS if s not in ON_REQUEST]  # a default run's sections, in order
 
 # on_section(name, result so far, other files the section wrote)
