@@ -7,7 +7,7 @@ from r2p1d_batch.config import DecodeConfig, SamplingConfig
 from r2p1d_batch.decoding.pyav import DecodeError, VideoSource, clip_sha, merge_spans
 from r2p1d_batch.decoding.sampling import plan_clips
 
-from tests.helpers.videos import frame_index, grey_of, level, make_audio_only, make_video
+from tests.helpers.videos import frame_index, grey_of, level, make_audio_only, make_cut_video, make_video
 
 DEC = DecodeConfig()
 
@@ -137,20 +137,7 @@ def test_truncated_file_is_an_error(tmp_path):
 
 def test_cut_tail_with_index_is_truncated(tmp_path):
     # moov first (faststart-like): cutting the tail keeps the index, so frames go missing
-    import av
-
-    src = make_video(tmp_path / "s.mp4", n_frames=150, fps=30, pattern="noise")
-    fast = tmp_path / "fast.mp4"
-    with av.open(str(src)) as i, av.open(str(fast), "w", options={"movflags": "faststart"}) as o:
-        ins = i.streams.video[0]
-        outs = o.add_stream_from_template(ins)
-        for pkt in i.demux(ins):
-            if pkt.dts is None:
-                continue
-            pkt.stream = outs
-            o.mux(pkt)
-    data = fast.read_bytes()
-    fast.write_bytes(data[: int(len(data) * 0.6)])
+    fast = make_cut_video(tmp_path / "fast.mp4", n_frames=150, fps=30, keep=0.6)
     with pytest.raises(DecodeError) as e:
         decode_all(fast)
     assert e.value.kind in ("Truncated", "CorruptStream")
