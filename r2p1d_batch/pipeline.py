@@ -18,8 +18,8 @@ import pyarrow as pa
 import ray
 from ray.data.exceptions import ExecutionTimeoutError
 
-from .classifying.model import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
 from .classifying.stage import ClassifierActor
+from .classifying.weights import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
 from .config import Config
 from .decoding.faults import TEST_HOOKS_ENV, hook_target
 from .decoding.lanes import NvdecDecodeStage

@@ -4,6 +4,9 @@ curate / audit <- pipeline <- bench / cli). Read from the source (ast), nothing 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import REPO
@@ -116,3 +119,14 @@ def test_imports_run_from_later_stages_to_earlier_ones():
 def test_at_most_a_dozen_modules_at_the_package_root():
     root = [p.name for p in (REPO / PACKAGE).glob("*.py")]
     assert len(root) <= 12, root
+
+
+def test_the_driver_and_a_classifier_actor_import_no_torch():
+    """What the driver imports (pipeline, the CLI's label command) and what a classifier actor
+    imports before its model loads: no torch, no torchvision (~6 s and ~0.5 GiB a process)."""
+    code = ("import json, sys; import r2p1d_batch.pipeline, r2p1d_batch.cli.label, r2p1d_batch.classifying.stage, "
+            "r2p1d_batch.classifying.classifier, r2p1d_batch.runs.writer; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []

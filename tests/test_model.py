@@ -1,4 +1,6 @@
 """Weights loading: checkpoints the tests write, the hub-cache path, random, and failures."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -80,9 +82,27 @@ def test_bad_checkpoints(tmp_path):
 
 
 def test_categories_and_normalization_come_from_torchvision():
-    assert len(categories()) == 400 and categories()[0] == KINETICS.meta["categories"][0]
+    """The torch-free facts (classifying/weights.py) are torchvision's: the 400 names in order,
+    the checkpoint's file name, the crop, the id; the hub directory follows torch.hub's rule."""
+    from r2p1d_batch.classifying import weights
+    from r2p1d_batch.decoding.preprocess import FrameTransform
+
+    assert categories() == tuple(KINETICS.meta["categories"]) and len(categories()) == 400
     p = KINETICS.transforms()
     assert normalization() == (tuple(p.mean), tuple(p.std))
+    assert KINETICS.url.rsplit("/", 1)[1] == weights.KINETICS_FILE
+    assert weights.CROP == FrameTransform.from_preset().crop == tuple(p.crop_size)
+    assert f"torchvision:{type(KINETICS).__name__}.{KINETICS.name}" == weights.KINETICS_ID
+
+
+@pytest.mark.parametrize("env", [{}, {"XDG_CACHE_HOME": "xdg"}, {"TORCH_HOME": "th", "XDG_CACHE_HOME": "xdg"}])
+def test_kinetics_checkpoint_path_is_torch_hubs(tmp_path, monkeypatch, env):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(tmp_path / v))
+    assert kinetics_checkpoint_path() == Path(torch.hub.get_dir()) / "checkpoints" / KINETICS.url.rsplit("/", 1)[1]
 
 
 def test_topk_orders_best_first():

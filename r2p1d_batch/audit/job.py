@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..classifying.model import categories
+from ..classifying.weights import categories
 from ..config import Config, ModelConfig
 from . import results as report
 from .backends import Backend, ReplayBackend, cache_dir, device_graph, make_backend

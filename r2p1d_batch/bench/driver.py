@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import schema
-from ..classifying.model import categories
+from ..classifying.weights import categories
 from ..runs.clip_writer import batch_rows
 from ..runs.writer import RunWriter
 

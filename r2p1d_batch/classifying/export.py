@@ -9,10 +9,8 @@ logits. Exports are cached per weights id, so each actor exports at most once pe
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +18,9 @@ import torch
 
 from .embeddings import EMBEDDING_NAME, WithEmbedding
 from .model import Normalize, normalization
+from .ort import INPUT_NAME, OPSET, cache_dir, cached_path, cpu_session  # noqa: F401 (re-exported)
 
-INPUT_NAME, OUTPUT_NAME = "video", "class_probs"
-OPSET = 17
+OUTPUT_NAME = "class_probs"
 CLIP_SHAPE = (3, 16, 112, 112)  # C, T, H, W of one device-graph clip
 
 
@@ -82,16 +80,6 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, *, graph: str 
     return path
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("R2P1D_ONNX_CACHE") or Path(tempfile.gettempdir()) / "r2p1d_batch-onnx")
-
-
-def cached_path(weights_id: str, *, graph: str, root: Optional[str | os.PathLike] = None) -> Path:
-    """Where the export of ``weights_id`` lives (keyed by weights, torch version, opset, graph)."""
-    key = f"{weights_id}|torch={torch.__version__}|opset={OPSET}|graph={graph}"
-    return Path(root or cache_dir()) / f"r2plus1d_18-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
-
-
 def cached_export(module: torch.nn.Module, weights_id: str, *, graph: str = "uint8",
                   root: Optional[str | os.PathLike] = None) -> Path:
     """The ONNX file for ``weights_id``, exported on first use."""
@@ -101,14 +89,3 @@ def cached_export(module: torch.nn.Module, weights_id: str, *, graph: str = "uin
     return path
 
 
-def cpu_session(path: str | os.PathLike, threads: Optional[int] = None):
-    """An ONNX Runtime session on the CPU provider; ``threads`` intra-op threads (None: ORT's
-    default), operators run one at a time so the count is what the caller was given."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

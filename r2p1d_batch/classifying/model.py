@@ -1,33 +1,32 @@
-"""The model: build R(2+1)D-18, load weights, categories, on-device normalisation.
+"""The model: build R(2+1)D-18, load weights, on-device normalisation.
 
-Weights, categories, mean and std come from torchvision's weights enum. A run never labels
-with random weights by accident: ``random`` must be asked for, and its id says so.
+Weights, mean and std come from torchvision's weights enum; the ids and category names, which
+need no torch, from ``weights.py`` (re-exported here). A run never labels with random weights
+by accident: ``random`` must be asked for, and its id says so.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torchvision.models.video import R2Plus1D_18_Weights, r2plus1d_18
 
-from ..errors import UserError
+from .weights import (  # noqa: F401 (re-exported: the model's facts in one import)
+    KINETICS_ID,
+    MODEL_NAME,
+    WeightsError,
+    categories,
+    checkpoint_id,
+    is_kinetics,
+    kinetics_available,
+    kinetics_checkpoint_path,
+    weights_id,
+)
 
-MODEL_NAME = "r2plus1d_18"
 KINETICS = R2Plus1D_18_Weights.KINETICS400_V1
-
-
-class WeightsError(UserError, RuntimeError):
-    """Weights that cannot be loaded; the message says what to do."""
-
-
-@lru_cache(maxsize=1)
-def categories() -> tuple[str, ...]:
-    return tuple(KINETICS.meta["categories"])
 
 
 def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -40,15 +39,6 @@ class LoadedModel:
     module: torch.nn.Module
     weights_id: str  # recorded in every output row
     is_random: bool
-
-
-def kinetics_checkpoint_path() -> Path:
-    """Where torch hub caches (and where to put, offline) the Kinetics-400 file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(KINETICS.url)
-
-
-def kinetics_available() -> bool:
-    return kinetics_checkpoint_path().is_file()
 
 
 def _load_kinetics() -> dict:
@@ -64,40 +54,6 @@ def _load_kinetics() -> dict:
             f"  (or set TORCH_HOME), or pass model.weights=/path/or/s3://checkpoint.pth,\n"
             f"  or model.weights=random for a smoke run (labels then mean nothing)."
         ) from None
-
-
-KINETICS_ID = f"torchvision:{KINETICS.__class__.__name__}.{KINETICS.name}"
-
-
-def _is_kinetics(spec: str) -> bool:
-    return spec in ("kinetics400", KINETICS.__class__.__name__ + "." + KINETICS.name)
-
-
-def _checkpoint_id(path: str, digest: str) -> str:
-    return f"file:{os.path.basename(path)}@sha256:{digest[:16]}"
-
-
-def weights_id(spec: str, seed: int = 0, storage=None) -> str:
-    """The id ``load_model`` will record for ``spec``, without building the model (a
-    checkpoint is streamed once through sha256). The driver uses it to skip rows before any
-    work starts."""
-    if spec == "random":
-        return f"random:seed={seed}"
-    if _is_kinetics(spec):
-        return KINETICS_ID
-    from ..storage import filesystem
-
-    try:
-        fs, path = filesystem(spec, storage)
-        h = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise WeightsError(f"checkpoint not found: {spec}") from None
-    except Exception as e:
-        raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
-    return _checkpoint_id(path, h.hexdigest())
 
 
 def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
@@ -124,7 +80,7 @@ def _read_checkpoint(spec: str, storage=None) -> tuple[dict, str]:
     if not isinstance(obj, dict):
         raise WeightsError(f"{spec}: expected a state_dict, found {type(obj).__name__}")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj, _checkpoint_id(path, digest)
+    return obj, checkpoint_id(path, digest)
 
 
 def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
@@ -135,7 +91,7 @@ def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
             module = r2plus1d_18(weights=None, num_classes=len(categories()))
         return LoadedModel(module.eval(), f"random:seed={seed}", True)
     module = r2plus1d_18(weights=None, num_classes=len(categories()))
-    if _is_kinetics(spec):
+    if is_kinetics(spec):
         state, wid = _load_kinetics(), KINETICS_ID
     else:
         state, wid = _read_checkpoint(spec, storage)

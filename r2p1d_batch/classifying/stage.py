@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from .. import schema
 from ..config import Config, ModelConfig
-from ..decoding.preprocess import FrameTransform
 from ..schema import embedding_array
+from .weights import CROP
 
 
 def planned_runtime(m: ModelConfig) -> str:
@@ -47,10 +47,10 @@ class ClassifierActor:
         try:
             from .classifier import ClipClassifier
 
-            self.classifier = ClipClassifier(self.cfg.model, self.cfg.storage, embeddings=self.cfg.output.embeddings)
+            self.classifier = ClipClassifier(self.cfg.model, self.cfg.storage, embeddings=self.cfg.output.embeddings,
+                                             weights_id=self.weights_id)
             self.labels = np.array(self.classifier.labels, dtype=object)
-            crop = FrameTransform.from_preset().crop
-            self.clip_shape = (self.cfg.sampling.clip_len, crop[0], crop[1], 3)
+            self.clip_shape = (self.cfg.sampling.clip_len, *CROP, 3)
         except BaseException as e:  # raised in the caller's thread by _model()
             self._error = e
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..classifying.model import MODEL_NAME, categories
+from ..classifying.weights import MODEL_NAME, categories
 from .aggregate import Finished, VideoAggregator, VideoClips, VideoRows, video_topk
 from .clip_writer import ClipWriter
 from .commit import StagedRun
