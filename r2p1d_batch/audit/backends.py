@@ -45,8 +45,9 @@ def cache_dir(configured: Optional[str]) -> Path:
 
 def device_graph(weights: str, seed: int, weights_id: str, directory: Path, storage=None) -> Path:
     """The device graph (ONNX) for these weights, exported once and cached by weights id."""
-    from ..classifying.export import cached_export, cached_path
+    from ..classifying.export import cached_export
     from ..classifying.model import load_model
+    from ..classifying.ort import cached_path
 
     path = cached_path(weights_id, graph="device", root=directory)
     if path.is_file():
@@ -70,7 +71,7 @@ class OnnxRuntimeBackend:
     def __init__(self, onnx_path: Path | str, batch_size: int = 8, threads: Optional[int] = None):
         import onnxruntime as ort
 
-        from ..classifying.export import cpu_session
+        from ..classifying.ort import cpu_session
 
         self.onnx_path, self.batch_size = Path(onnx_path), batch_size
         self.session = cpu_session(onnx_path, threads)

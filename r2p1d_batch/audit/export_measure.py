@@ -33,7 +33,8 @@ def measure_onnxruntime(path: Path, module, runs: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from ..classifying.export import DeviceGraph, cpu_session
+    from ..classifying.export import DeviceGraph
+    from ..classifying.ort import cpu_session
     from .metrics import compare
 
     sess = cpu_session(path)

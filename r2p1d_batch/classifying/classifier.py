@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
-from .ort import INPUT_NAME, cached_path, cpu_session
+from .ort import INPUT_NAME, cached_path, cpu_graph, cpu_session
 from .weights import categories, is_random
 
 
@@ -32,9 +32,19 @@ class Scores:
 
 
 def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k ids and scores per row, best first (ties: lower id first)."""
-    ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return ids, np.take_along_axis(probs, ids, axis=1)
+    """Top-k ids and scores per row, best first (ties: lower id first). Without sorting each
+    row's classes: k passes of argmax, which returns the first (lowest) id of a tie, taking each
+    winner out before the next (~5x faster than a stable argsort of 400 classes; the video-level
+    top-k of runs/aggregate.py runs it per report)."""
+    n, c = probs.shape
+    k = min(k, c)
+    work = probs.copy()
+    rows = np.arange(n)
+    ids = np.empty((n, k), np.int64)
+    for j in range(k):
+        ids[:, j] = work.argmax(1)
+        work[rows, ids[:, j]] = -np.inf
+    return ids, np.take_along_axis(probs, ids, 1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,7 +76,7 @@ def cached_cpu_graph(cfg: ModelConfig, weights_id: str | None, embeddings: bool)
         return None
     if cfg.device == "auto" and not no_cuda_here():
         return None  # auto may mean CUDA: torch decides, as without a cache
-    path = cached_path(weights_id, graph="uint8+embedding" if embeddings else "uint8")
+    path = cached_path(weights_id, graph=cpu_graph(embeddings))
     return path if path.is_file() else None
 
 
@@ -82,7 +92,7 @@ class ClipClassifier:
         cached = cached_cpu_graph(cfg, weights_id, embeddings)
         if cached is not None:
             self.weights_id, self.is_random = weights_id, is_random(weights_id)
-            self.device_type, self.backend = "cpu", "onnxruntime"
+            self.backend = "onnxruntime"
             self._open_ort(cached)
             return
         from .model import load_model, pick_device
@@ -90,7 +100,6 @@ class ClipClassifier:
         loaded = load_model(cfg.weights, cfg.seed, storage)
         self.weights_id, self.is_random = loaded.weights_id, loaded.is_random
         self.device = pick_device(cfg.device)
-        self.device_type = self.device.type
         self.backend = resolve_runtime(cfg.runtime, self.device)
         if self.backend == "onnxruntime":
             self._init_ort(loaded)
@@ -120,8 +129,7 @@ class ClipClassifier:
     def _init_ort(self, loaded) -> None:
         from .export import cached_export
 
-        self._open_ort(cached_export(loaded.module, self.weights_id,
-                                     graph="uint8+embedding" if self.embeddings else "uint8"))
+        self._open_ort(cached_export(loaded.module, self.weights_id, graph=cpu_graph(self.embeddings)))
 
     def _open_ort(self, path: Path) -> None:
         self.session = cpu_session(path, self.threads)  # round(model.num_cpus) threads

@@ -18,7 +18,7 @@ import torch
 
 from .embeddings import EMBEDDING_NAME, WithEmbedding
 from .model import Normalize, normalization
-from .ort import INPUT_NAME, OPSET, cache_dir, cached_path, cpu_session  # noqa: F401 (re-exported)
+from .ort import INPUT_NAME, OPSET, cached_path
 
 OUTPUT_NAME = "class_probs"
 CLIP_SHAPE = (3, 16, 112, 112)  # C, T, H, W of one device-graph clip

@@ -13,6 +13,12 @@ INPUT_NAME = "video"
 OPSET = 17
 
 
+def cpu_graph(embeddings: bool) -> str:
+    """The graph CPU actors run: uint8 clips in, logits out (and the embedding with
+    output.embeddings)."""
+    return "uint8+embedding" if embeddings else "uint8"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("R2P1D_ONNX_CACHE") or Path(tempfile.gettempdir()) / "r2p1d_batch-onnx")
 

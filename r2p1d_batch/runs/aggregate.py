@@ -33,6 +33,8 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
+from ..classifying.classifier import topk
+
 
 class WriteConflict(RuntimeError):
     """Rows of one video delivered twice (a non-deterministic replay): not committing."""
@@ -193,7 +195,7 @@ def video_topk(labels: np.ndarray, k: int, mean_probs: np.ndarray) -> dict[str, 
     if not len(mean_probs):
         ids, scores = np.empty((0, k), np.int64), np.empty((0, k), np.float32)
     else:
-        ids, scores = fast_topk(np.asarray(mean_probs, np.float64).astype(np.float32), k)
+        ids, scores = topk(np.asarray(mean_probs, np.float64).astype(np.float32), k)
     v, k = ids.shape
     offsets = pa.array(np.arange(v + 1, dtype=np.int32) * k)
     return {
@@ -202,18 +204,3 @@ def video_topk(labels: np.ndarray, k: int, mean_probs: np.ndarray) -> dict[str, 
         "topk_labels": pa.ListArray.from_arrays(offsets, pa.array(labels[ids].ravel(), pa.string())),
         "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel(), pa.float32())),
     }
-
-
-def fast_topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """classifying.classifier.topk's result (top-k ids and scores per row, best first, ties to the lower id)
-    without sorting each row's 400 classes: k passes of argmax, which returns the first (lowest)
-    id of a tie, taking each winner out before the next (~5x faster here)."""
-    n, c = probs.shape
-    k = min(k, c)
-    work = probs.copy()
-    rows = np.arange(n)
-    ids = np.empty((n, k), np.int64)
-    for j in range(k):
-        ids[:, j] = work.argmax(1)
-        work[rows, ids[:, j]] = -np.inf
-    return ids, np.take_along_axis(probs, ids, 1)
