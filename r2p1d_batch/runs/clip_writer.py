@@ -25,20 +25,18 @@ seen twice anyway is dropped by the driver (same file name).
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import schema
 from ..decoding.faults import test_hooks
 from ..storage import filesystem, join
 from .aggregate import has_repeat, video_topk
-from .commit import ROW_GROUP_ROWS
+from .commit import clips_file_name, write_clips_file
 
 # Bytes of one labeled clip row reaching the writer, measured on LABELED rows (tests/
 # test_writer_stage.py): the 400-float softmax (1.6 KB) and the 512-float embedding column
@@ -51,9 +49,9 @@ ROW_BYTES = 4200
 BATCH_BYTES = 128 * 2**20
 OBJECT_STORE_SHARE = 1 / 8
 SORT_KEYS = [("video_id", "ascending"), ("clip_index", "ascending")]  # a video's clips together, in order
-# What a report's video row keeps of the video row the classifier passed on.
-REPORT_FROM_VIDEO_ROW = frozenset(["video_id", "uri", *(n for n, _ in schema.VIDEO_SOURCE), "decode_sec",
-                                   "weights", "runtime"])
+# What a report's video row keeps of the video row the classifier passed on (the driver keeps
+# the same columns until the video is finished: runs/writer.py).
+REPORT_VIDEO_COLUMNS = ["video_id", "uri", *(n for n, _ in schema.VIDEO_SOURCE), "decode_sec", "weights", "runtime"]
 
 
 def batch_rows(rows_per_file: int, object_store_bytes: float | None = None) -> int:
@@ -74,7 +72,7 @@ class ClipWriter:
         self.labels, self.topk_n = labels, topk_n
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        name = f"part-{uuid.uuid4().hex}.parquet"
+        name = clips_file_name()
         is_clip = pc.equal(batch.column("kind"), "clip").to_numpy(zero_copy_only=False)
         clip_rows = np.flatnonzero(is_clip)  # row numbers, not a filtered copy of the batch's 4 KB rows
         videos = batch.take(np.flatnonzero(~is_clip))
@@ -93,8 +91,7 @@ class ClipWriter:
     def _write(self, name: str, table: pa.Table) -> None:
         fs, root = filesystem(self.clips_dir, self.storage)
         fs.makedirs(root, exist_ok=True)
-        with fs.open(join(root, name), "wb") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_clips_file(fs, join(root, name), table)
 
 
 def clip_table(batch: pa.Table, rows: np.ndarray, model: str, sampling: str, created_at: datetime) -> pa.Table:
@@ -156,6 +153,7 @@ class Whole:
 
     rows: np.ndarray  # per video row: whole or not
     codes: np.ndarray  # per video row: its code in PerVideo, -1 without clips here
+    ok: np.ndarray  # per video row: status ok
     dropped_codes: np.ndarray  # codes of whole videos that failed: their clips stay out of the file
 
 
@@ -167,11 +165,10 @@ def _whole(per: PerVideo, videos: pa.Table) -> Whole:
     whole = np.where(here, False, expected == 0)
     c = codes[here]
     whole[here] = (per.counts[c] == expected[here]) & ~per.repeats[c]
-    ids = videos.column("video_id").to_pylist()
-    if len(set(ids)) < n:  # a video row twice in one batch: none is whole, the driver names it
-        whole[:] = False
-    failed = whole & here & ~pc.equal(videos.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-    return Whole(whole, codes, codes[failed])
+    if pc.count_distinct(videos.column("video_id"), mode="all").as_py() < n:
+        whole[:] = False  # a video row twice in one batch: none is whole, the driver names it
+    ok = pc.equal(videos.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+    return Whole(whole, codes, ok, codes[whole & here & ~ok])
 
 
 def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: int, report_rows: int) -> pa.Table:
@@ -186,13 +183,11 @@ def _video_rows(name: str, videos: pa.Table, per: PerVideo, whole: Whole, labels
     """The batch's video rows; a whole ok video with its video-level top-k (aggregate.video_topk
     of sum / n, as the driver computes it for the others)."""
     n = videos.num_rows
-    ok = pc.equal(videos.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-    scored = whole.rows & ok & (whole.codes >= 0)
+    scored = whole.rows & whole.ok & (whole.codes >= 0)
     c = whole.codes[scored]
     top = video_topk(labels, k, per.sums[c] / per.counts[c][:, None])
     at = pa.array(np.cumsum(scored) - 1, pa.int64(), mask=~scored)
-    passed = {f.name: videos.column(f.name) for f in schema.WRITE_REPORT
-              if f.name in REPORT_FROM_VIDEO_ROW}
+    passed = {name: videos.column(name) for name in REPORT_VIDEO_COLUMNS}
     return _rows(n, kind="video", file=name, whole=whole.rows, **passed,
                  **{col: values.take(at) for col, values in top.items()})
 

@@ -51,6 +51,17 @@ HEARTBEAT_SEC = 30.0
 ROW_GROUP_ROWS = 16_384  # clips part files' Parquet row groups: DuckDB reads them in parallel, skips by video_id
 
 
+def clips_file_name() -> str:
+    """A new clips part file's name: unique, so no attempt of any writer overwrites another's."""
+    return f"part-{uuid.uuid4().hex}.parquet"
+
+
+def write_clips_file(fs, path: str, table: pa.Table) -> None:
+    """One clips part file: zstd, ROW_GROUP_ROWS rows per row group."""
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
 class RunInProgressError(UserError, RuntimeError):
     """Another run holds this output (a live lease): two writers would race on the selection."""
 
@@ -297,9 +308,8 @@ class StagedRun:
         keep = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(sorted(video_ids)))))
         if not keep.num_rows:
             return "", 0
-        new = f"part-{uuid.uuid4().hex}.parquet"
-        with self.fs.open(join(self.clips_dir, new), "wb") as f:
-            pq.write_table(keep, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        new = clips_file_name()
+        write_clips_file(self.fs, join(self.clips_dir, new), keep)
         return new, keep.num_rows
 
     def commit(self, record: dict, clip_files: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import StorageConfig
-from ..storage import allowed_mask, filesystem, fingerprint, s3_client
+from ..storage import allowed_mask, bool_mask, filesystem, fingerprint, s3_client
 
 log = logging.getLogger("r2p1d_batch")
 
@@ -47,22 +47,18 @@ LIST_MAX_KEYS = 1000  # S3's page size for ListObjectsV2
 
 
 # -- vectorised URI shapes ---------------------------------------------------------------------
-def _np(mask) -> np.ndarray:
-    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-
-
 def _local_paths(uris: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(paths as fsspec's LocalFileSystem resolves them, rows that need the slow path). Each
     rewrite runs only where some URI needs it (most manifests: absolute paths, none does)."""
     p = uris
-    if _np(pc.or_(pc.starts_with(p, "file:"), pc.starts_with(p, "local:"))).any():
+    if bool_mask(pc.or_(pc.starts_with(p, "file:"), pc.starts_with(p, "local:"))).any():
         p = pc.replace_substring_regex(p, "^(?:file://|file:|local://|local:)", "")
-    odd = _np(pc.starts_with(p, "~"))  # home-relative: left to fsspec
+    odd = bool_mask(pc.starts_with(p, "~"))  # home-relative: left to fsspec
     rel = pc.invert(pc.starts_with(p, "/"))
-    if _np(rel).any():  # make_path_posix: "./x" and "x" live under the working directory
+    if bool_mask(rel).any():  # make_path_posix: "./x" and "x" live under the working directory
         body = pc.if_else(pc.equal(p, "."), "", pc.replace_substring_regex(p, r"^\./", ""))
         p = pc.if_else(rel, pc.binary_join_element_wise(os.getcwd() + "/", body, ""), p)
-    if _np(pc.ends_with(p, "/")).any():
+    if bool_mask(pc.ends_with(p, "/")).any():
         p = pc.if_else(pc.greater(pc.utf8_length(p), 1), pc.utf8_rtrim(p, "/"), p)
     return p, odd
 
@@ -73,7 +69,7 @@ def _format_local(size: np.ndarray, mtime: np.ndarray) -> pa.Array:
     m = pa.array(mtime)
     text = pc.cast(m, pa.string())  # Python's repr in [1e-4, 1e10) (tested), but for "1.0"
     whole = pc.invert(pc.match_substring(text, "."))
-    if _np(whole).any():
+    if bool_mask(whole).any():
         text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
     a = np.abs(mtime)
     odd = ~((a >= 1e-4) & (a < 1e10)) & (mtime != 0)  # Arrow writes exponents there
@@ -200,7 +196,7 @@ class _S3Rows:
         bucket/key shape (left to fs.info)."""
         path = pc.replace_substring_regex(uris, "^s3a?://", "")
         parts = pc.extract_regex(path, r"^(?P<bucket>[^/]+)/(?P<prefix>(?:.*/)?)(?P<name>[^/]+)$")
-        ok = _np(pc.is_valid(parts))
+        ok = bool_mask(pc.is_valid(parts))
         parts = parts.filter(pa.array(ok))
         enc = pc.dictionary_encode(pc.binary_join_element_wise(parts.field("bucket"), parts.field("prefix"), "/"))
         local_to_global = []
@@ -270,12 +266,12 @@ def fingerprint_pieces(chunks: Iterable[tuple[int, pa.Array]], storage: Optional
         uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
         rows = offset + np.arange(len(uris), dtype=np.int64)
         at = pc.find_substring(uris, "://")
-        chained = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
+        chained = bool_mask(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
         allowed = allowed_mask(uris, storage.allowed_protocols, at, chained)
-        allowed &= _np(pc.greater(pc.utf8_length(uris), 0))  # "" (a test hook's empty target): None
-        has_scheme = _np(pc.greater_equal(at, 0))
-        is_s3 = _np(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "s3a://"))) & allowed & ~chained
-        local_scheme = _np(pc.or_(pc.starts_with(uris, "file://"), pc.starts_with(uris, "local://")))
+        allowed &= bool_mask(pc.greater(pc.utf8_length(uris), 0))  # "" (a test hook's empty target): None
+        has_scheme = bool_mask(pc.greater_equal(at, 0))
+        is_s3 = bool_mask(pc.or_(pc.starts_with(uris, "s3://"), pc.starts_with(uris, "s3a://"))) & allowed & ~chained
+        local_scheme = bool_mask(pc.or_(pc.starts_with(uris, "file://"), pc.starts_with(uris, "local://")))
         is_local = allowed & ~chained & (~has_scheme | local_scheme)
         other = allowed & ~is_s3 & ~is_local
         if not allowed.all():

@@ -39,14 +39,20 @@ DECISIONS = (NEW, CHANGED, RETRIED, FORCED, SKIP)
 CODE = {d: np.int8(i) for i, d in enumerate(DECISIONS)}
 
 
+def _committed_files(output: str, storage) -> list[tuple[str, str]]:
+    """(run_id, path) of the committed videos files, oldest run first, each run's files in its
+    record's order: the order in which a later row supersedes an earlier one of the same key."""
+    return [(r["run_id"], p) for r in committed_runs(output, storage)
+            for p in committed_files(output, "videos", storage, runs=[r])]
+
+
 def committed_videos(output: str, storage=None, columns=(*KEY, "status")) -> pa.Table:
     """``columns`` + run_id of every committed videos row (small columns only)."""
-    fs, root = filesystem(output, storage)
+    fs, _ = filesystem(output, storage)
     parts = []
-    for r in committed_runs(output, storage):
-        for path in committed_files(output, "videos", storage, runs=[r]):
-            t = pq.read_table(path, filesystem=fs, columns=list(columns))
-            parts.append(t.append_column("run_id", pa.array([r["run_id"]] * t.num_rows, pa.string())))
+    for run_id, path in _committed_files(output, storage):
+        t = pq.read_table(path, filesystem=fs, columns=list(columns))
+        parts.append(t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string())))
     if not parts:
         return pa.table({**{c: pa.array([], pa.string()) for c in columns}, "run_id": pa.array([], pa.string())})
     return pa.concat_tables(parts)
@@ -183,12 +189,6 @@ def _find(q_hi: np.ndarray, q_lo: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray
     return out
 
 
-def _committed_files(output: str, storage) -> list[str]:
-    """Committed videos files, oldest run first, each run's files in its record's order: the
-    order in which a later row supersedes an earlier one of the same key."""
-    return [p for r in committed_runs(output, storage) for p in committed_files(output, "videos", storage, runs=[r])]
-
-
 def _current_keys(con, fs, files: list[str], weights: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The current rule for ``weights``: (hi, lo, ok) of the newest committed row per key, sorted."""
     his, los, oks = [], [], []
@@ -238,7 +238,7 @@ def decide_keys(keys: Keys, video_ids: pa.ChunkedArray, weights: str, output: st
     if not keys.filled.all():
         raise ValueError(f"{int((~keys.filled).sum())} manifest rows have no fingerprint key")
     fs, _ = filesystem(output, storage)
-    files = _committed_files(output, storage)
+    files = [path for _, path in _committed_files(output, storage)]
     con = keys.con
     s_hi, s_lo, s_ok = _current_keys(con, fs, files, weights)
     idx = _find(keys.hi, keys.lo, s_hi, s_lo)

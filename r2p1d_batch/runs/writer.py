@@ -24,15 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..classifying.weights import MODEL_NAME, categories
+from ..classifying.weights import MODEL_NAME, categories, is_random
 from .aggregate import Finished, VideoAggregator, VideoClips, VideoRows, video_topk
-from .clip_writer import ClipWriter
+from .clip_writer import REPORT_VIDEO_COLUMNS, ClipWriter
 from .commit import StagedRun
 from .summary import RunSummary
 
 MANIFEST_KEYS = ("video_id", "uri", "start_sec", "end_sec")  # manifest columns that are not extras
-# Video row columns a report carries (schema.WRITE_REPORT), kept until their video is finished.
-REPORT_VIDEO_COLUMNS = ["video_id", "uri"] + [n for n, _ in schema.VIDEO_SOURCE] + ["decode_sec", "weights", "runtime"]
 VIDEO_LABEL_COLUMNS = ["label", "score", "topk_labels", "topk_scores"]
 EXTRAS_JOINS = 64
 
@@ -266,11 +264,8 @@ class RunWriter:
     def _with_extras(self, videos: pa.Table) -> pa.Table:
         if self._extras is None:
             return videos
-        ids = videos.column("video_id")
-        hit = self._extras.filter(pc.is_in(self._extras.column("video_id"), value_set=ids))  # O(todo) per flush
-        where = {v: i for i, v in enumerate(hit.column("video_id").to_pylist())}
-        idx = pa.array([where.get(v) for v in ids.to_pylist()], pa.int64())
-        extra = hit.take(idx)
+        # Each video's row of the todo table (its ids are unique): a hash of them, O(todo) per flush.
+        extra = self._extras.take(pc.index_in(videos.column("video_id"), value_set=self._extras.column("video_id")))
         for name in self._extras.column_names[1:]:
             videos = videos.append_column(self.videos_schema.field(name), extra.column(name))
         return videos
@@ -293,7 +288,7 @@ class RunWriter:
                                f"video {'lost' if s.videos < self.expected else 'delivered twice'}): not committing")
         clip_files = self._clip_files()
         s.weights, s.runtime = self.model_info or (s.weights, s.runtime)
-        s.random_weights = s.weights.startswith("random:")
+        s.random_weights = is_random(s.weights)
         s.wall_sec = round(wall_sec, 3)
         s.clips_per_sec = round(s.clips / wall_sec, 3) if wall_sec > 0 else 0.0
         self.clock.fill(s)
