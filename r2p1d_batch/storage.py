@@ -89,18 +89,19 @@ def allowed_mask(uris, allowed, at=None, odd: Optional[np.ndarray] = None) -> np
     # split_protocol: the text before the first "://" when it is longer than one character,
     # else (no "://", or "C://...") a path: "file"
     at = pc.find_substring(uris, "://") if at is None else at
-    out = _np(pc.less_equal(at, 1)) if "file" in allowed else np.zeros(len(uris), bool)
+    out = bool_mask(pc.less_equal(at, 1)) if "file" in allowed else np.zeros(len(uris), bool)
     for p in allowed:
-        out |= _np(pc.and_(pc.equal(at, len(p)), pc.starts_with(uris, p + "://")))
+        out |= bool_mask(pc.and_(pc.equal(at, len(p)), pc.starts_with(uris, p + "://")))
     if odd is None:
-        odd = _np(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
+        odd = bool_mask(pc.or_(pc.match_substring(uris, "::"), pc.starts_with(uris, "data:")))
     for i in np.flatnonzero(odd):
         u = uris[int(i)].as_py()
         out[i] = u is not None and disallowed(u, allowed) is None
-    return out & _np(pc.is_valid(uris))
+    return out & bool_mask(pc.is_valid(uris))
 
 
-def _np(mask) -> np.ndarray:
+def bool_mask(mask) -> np.ndarray:
+    """An Arrow boolean array as numpy, null as False."""
     return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 

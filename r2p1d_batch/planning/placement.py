@@ -40,14 +40,20 @@ DECODE_OP, CLASSIFY_OP, WRITE_OP = "MapBatches(DecodeStage)", "ClassifierActor",
 # (NvdecDecodeStage is its own lane.)
 
 
-def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
-    """Named map_batches arguments (no deprecated ones) for the decode and classify stages."""
-    env = {STAGE_ENV: "decode"}
-    if test_hooks:  # fault-injection hooks reach the decode workers only when a test drives the run
+def _stage_env(stage: str, test_hooks: bool) -> dict:
+    """A task stage's runtime_env: its name (which keeps Ray from fusing it with its neighbour)
+    and, only when a test drives the run, the fault-injection hooks."""
+    env = {STAGE_ENV: stage}
+    if test_hooks:
         from ..decoding.faults import TEST_HOOKS_ENV
 
         env[TEST_HOOKS_ENV] = "1"
-    decode = dict(num_cpus=cfg.decode.num_cpus, runtime_env={"env_vars": env})
+    return {"env_vars": env}
+
+
+def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
+    """Named map_batches arguments (no deprecated ones) for the decode and classify stages."""
+    decode = dict(num_cpus=cfg.decode.num_cpus, runtime_env=_stage_env("decode", test_hooks))
     classify = dict(num_cpus=cfg.model.num_cpus, num_gpus=cfg.model.num_gpus or None)
     for args, section in ((decode, cfg.decode), (classify, cfg.model)):
         if section.label_selector:
@@ -58,13 +64,9 @@ def stage_args(cfg: Config, test_hooks: bool = False) -> tuple[dict, dict]:
 
 
 def writer_args(cfg: Config, test_hooks: bool = False) -> dict:
-    """Named map_batches arguments for the writer stage (runs/clip_writer.py)."""
-    env = {STAGE_ENV: "write"}
-    if test_hooks:  # the writer's test hook (testing/hooks.writer_exit) only when a test drives the run
-        from ..decoding.faults import TEST_HOOKS_ENV
-
-        env[TEST_HOOKS_ENV] = "1"
-    return dict(num_cpus=WRITER_CPUS, runtime_env={"env_vars": env})
+    """Named map_batches arguments for the writer stage (runs/clip_writer.py; its test hook is
+    testing/hooks.writer_exit)."""
+    return dict(num_cpus=WRITER_CPUS, runtime_env=_stage_env("write", test_hooks))
 
 
 def task_pool(concurrency) -> ray.data.TaskPoolStrategy:
