@@ -103,7 +103,7 @@ def descendants(name: str, root: psutil.Process | None = None) -> list[psutil.Pr
 
 
 # -- a killed driver -------------------------------------------------------------------------
-def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, request, capsys):
+def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, ray_session, capsys):
     """jobs/label.py killed mid-run (SIGKILL, its local Ray with it): nothing is committed; the
     rerun (the same command line, in process on the session's Ray) sweeps the leftovers and
     commits exactly what one clean run commits."""
@@ -144,7 +144,6 @@ def test_killed_driver_then_rerun_equals_a_clean_run(tmp_path, videos, hooks, re
 
     from r2p1d_batch.cli import main
 
-    request.getfixturevalue("ray_session")
     capsys.readouterr()
     rc = main(["label", *cmd[2:]])
     stdout = capsys.readouterr().out

@@ -60,3 +60,52 @@ def test_unmarked_tests_that_use_ray_fail(pytester, monkeypatch):
         "*test_a_subprocess_starts_a_ray is not marked `ray`, but 1 Ray session(s) started during it*",
         "*test_zz_ray_initialised_in_process is not marked `ray`, but Ray was initialised in this process*",
     ])
+
+
+GROUPED = '''
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    return os.environ["PYTEST_XDIST_WORKER"]
+
+
+@pytest.fixture
+def uses_it(ray_local):
+    return ray_local
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("i", range(6))
+def test_session_ray(ray_local, i):
+    pass
+
+
+@pytest.mark.ray
+def test_session_ray_through_a_fixture(uses_it):
+    pass
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_plain(i):
+    pass
+'''
+
+
+def test_session_ray_tests_share_one_xdist_worker(pytester, monkeypatch):
+    """scripts/test.sh's `-n 2 --dist loadgroup`: every test that uses the session's Ray, directly
+    or through another fixture, runs on one worker (the group survives pytest 9.2's node ids);
+    the others may run on either."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makepyfile(test_grouped=GROUPED)
+    pytester.makeini("[pytest]\nmarkers =\n    ray: uses Ray\n")
+    res = pytester.runpytest_subprocess("-p", "tests.helpers.markers", "-p", "no:cacheprovider",
+                                        "-n", "2", "--dist", "loadgroup", "-v")
+    res.assert_outcomes(passed=13)
+    ran = re.findall(r"\[(gw\d)\] .*PASSED (\S+)", res.stdout.str())
+    grouped = {worker for worker, test in ran if "test_session_ray" in test}
+    assert len(grouped) == 1, ran
+    assert all(test.endswith("@session_ray") == ("test_session_ray" in test) for _, test in ran), ran

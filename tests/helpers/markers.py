@@ -32,8 +32,49 @@ _state: dict = {"tmpdir": None, "old": None, "failed": True, "durations": {}, "s
 
 def pytest_configure(config):
     _state["old"] = os.environ.get("RAY_TMPDIR")
-    _state["tmpdir"] = tempfile.mkdtemp(prefix="r2t", dir="/tmp")
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker and _state["old"]:  # an xdist worker: its own directory inside the controller's
+        _state["tmpdir"] = tempfile.mkdtemp(prefix=worker, dir=_state["old"])
+    else:
+        _state["tmpdir"] = tempfile.mkdtemp(prefix="r2t", dir="/tmp")
     os.environ["RAY_TMPDIR"] = _state["tmpdir"]
+
+
+# The xdist group of the tests that use a worker's in-process Ray (below).
+SESSION_RAY = "session_ray"
+
+
+def _uses_session_ray(item) -> bool:
+    return "ray_local" in getattr(item, "fixturenames", ())
+
+
+def pytest_itemcollected(item):
+    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) the tests that use the session's
+    Ray (``ray_local``; the multi-node cluster takes its place) are one xdist group: one worker
+    runs them in file order on its one local Ray, which they share (and some depend on the
+    order: test_audit's replays read what its end-to-end test wrote). Everything else, tests that
+    start a Ray of their own in a subprocess included, goes to whichever worker is free, so at
+    most two Ray runs share the 2 cores at a time."""
+    if _uses_session_ray(item) and item.config.pluginmanager.hasplugin("xdist"):
+        item.add_marker(pytest.mark.xdist_group(SESSION_RAY))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """xdist groups a test by an ``@group`` suffix that its worker appends to the node id; on
+    pytest 9.2 the suffix it writes (to ``item._nodeid``) no longer reaches the id
+    (pytest-dev/pytest-xdist#1386), so the group is lost and the tests spread over both workers.
+    Append it where pytest keeps the id now, unless xdist did."""
+    result = yield
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            if _uses_session_ray(item) and not item.nodeid.endswith("@" + SESSION_RAY):
+                nodeid = f"{item.nodeid}@{SESSION_RAY}"
+                if hasattr(item, "_id"):  # pytest >= 9.2: a structured id
+                    item._id = type(item._id).parse(nodeid)
+                else:
+                    item._nodeid = nodeid
+    return result
 
 
 def _sessions() -> set[str]:
