@@ -200,6 +200,7 @@ def _write_aihub_h5(path: Path, logits: np.ndarray) -> Path:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_replay_of_aihub_h5_chunks(labeled, capsys, tmp_path):
     """AI Hub's h5 downloads (two chunks, positional): same --sample/--seed -> same clips."""
     first = labeled.get("ort_audit")

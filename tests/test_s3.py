@@ -72,6 +72,7 @@ def test_local_runtime_env_carries_aws_vars_and_never_logs_them(caplog):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_runtime_env_reaches_ray_workers():
     """The values a worker sees come from the runtime_env, not from inheriting the driver env."""
     import ray
