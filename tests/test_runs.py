@@ -22,7 +22,7 @@ import pytest
 from r2p1d_batch import config as config_mod
 from r2p1d_batch import query, schema
 from r2p1d_batch.classifying.model import load_model, weights_id
-from r2p1d_batch.decoding.faults import TEST_HOOKS_ENV
+from r2p1d_batch.decoding.faults import REFIRE_SEC, TEST_HOOKS_ENV, CrashLedger, Deadline, DecodeTimeout
 from r2p1d_batch.decoding.stage import decode_video
 from r2p1d_batch.runs import commit, incremental
 from r2p1d_batch.runs.aggregate import WriteConflict
@@ -328,6 +328,44 @@ def test_decode_time_limit_turns_a_hang_into_a_timeout_row(tmp_path, monkeypatch
         out.append(r)
         time.sleep(1.0)  # the consumer is slow: > 2 s suspended in total
     assert out[-1]["status"] == "ok" and len(out) == len(warm)
+
+
+def test_a_timeout_swallowed_on_its_way_out_comes_again():
+    """Library code between the decode and us may swallow the timeout (a blanket ``except
+    Exception`` in a retry loop, as the crash ledger's safety net did): the limit still ends the
+    decode, REFIRE_SEC later, and the timer is disarmed afterwards."""
+    deadline = Deadline(0.3, "u")
+    t0 = time.monotonic()
+    with pytest.raises(DecodeTimeout, match="decode.timeout_sec=0.3"):
+        deadline.resume()
+        try:
+            try:
+                time.sleep(10)
+            except Exception:
+                pass  # swallowed
+            time.sleep(10)  # still hung
+        finally:
+            deadline.pause()
+    assert time.monotonic() - t0 < 0.3 + REFIRE_SEC + 1.5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+class SlowLedger(CrashLedger):
+    """A crash ledger whose KV store answers slowly, as a fresh worker's first call may."""
+
+    def begin(self, video_id: str) -> int:
+        time.sleep(1.5)
+        return 0
+
+
+def test_the_crash_ledger_is_off_the_decode_clock(tmp_path):
+    """Its calls go to Ray's KV store: set-up, not decode time. A 1.5 s answer under a 1 s limit
+    does not turn a good video into a Timeout row."""
+    path = make_video(tmp_path / "v.mp4", n_frames=30, fps=15, size=(64, 48))
+    row = {"video_id": "v", "uri": str(path), "start_sec": None, "end_sec": None}
+    list(decode_video(row, config_mod.load(None, ["decode.timeout_sec=null"], manifest="m")))  # imports: warm
+    rows = list(decode_video(row, config_mod.load(None, ["decode.timeout_sec=1"], manifest="m"), SlowLedger("r")))
+    assert rows[-1]["status"] == "ok", rows[-1]
 
 
 def test_cli_flags_map_to_run_mode():

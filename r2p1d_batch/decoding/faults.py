@@ -37,13 +37,19 @@ class DecodeTimeout(DecodeError):
     kind = "Timeout"
 
 
+REFIRE_SEC = 1.0  # how often an expired Deadline raises again while the decode goes on
+
+
 class Deadline:
     """decode.timeout_sec for one video, counting decode time only.
 
     In the worker's main thread a SIGALRM interrupts a decode stuck between Python steps (a
     pathological stream, a hung read); the timer is paused while the generator is suspended at
     a yield, so time spent waiting on back-pressure (or in Ray's code) is not counted and the
-    signal never fires outside our code. Elsewhere (no signals) the limit is checked per clip.
+    signal never fires outside our code. Once the limit has passed the signal comes again every
+    REFIRE_SEC until the timeout leaves the decode: code in between that swallows it (a blanket
+    ``except Exception`` in a library's retry loop) cannot turn the limit off. Elsewhere (no
+    signals) the limit is checked per clip.
     """
 
     def __init__(self, seconds: Optional[float], uri: str):
@@ -54,8 +60,7 @@ class Deadline:
     def _fire(self, *_):
         self.expired = True
         if self.inside:
-            self.inside = False
-            self._raise()
+            self._raise()  # again in REFIRE_SEC if something swallows it; pause() stops that
 
     def _raise(self):
         raise DecodeTimeout(f"{self.uri}: decoding took longer than decode.timeout_sec={self.seconds:g} s")
@@ -68,7 +73,7 @@ class Deadline:
         self._t, self.inside = time.monotonic(), True
         if self._signals:
             self._old = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds - self.used)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds - self.used, REFIRE_SEC)
 
     def pause(self) -> None:
         if not self.seconds or not self.inside:

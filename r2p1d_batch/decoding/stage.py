@@ -60,11 +60,11 @@ def _clip_rows(row: dict, cfg: Config, ledger: CrashLedger, gpu, deadline: Deadl
     """The video's clip rows; raises on any failure (decode_video maps it to the error row).
     ``deadline``'s clock runs except while a row is out with the consumer."""
     uri = row["uri"]
-    target, per_clip_sleep, got.noted = _test_hook(row, ledger)
+    target, per_clip_sleep, got.noted = _test_hook(row, ledger, deadline)
     check_protocol(target, cfg.storage)  # storage.allowed_protocols: no request for any other URL
     fs, path = _stat(target, uri, cfg, got.meta)
     # From here on native code (FFmpeg) runs: note the attempt in the crash ledger.
-    got.noted = got.noted or _note_attempt(ledger, row)
+    got.noted = got.noted or _note_attempt(ledger, row, deadline)
     # Here, not per task: a row that fails its stat never imports torch. The imports (seconds
     # in a fresh worker on a loaded node) are set-up, not decode time: off the clock.
     deadline.pause()
@@ -95,14 +95,14 @@ def _clip_rows(row: dict, cfg: Config, ledger: CrashLedger, gpu, deadline: Deadl
         raise DecodeError(f"{uri}: no clip could be decoded", "NoFrames")
 
 
-def _test_hook(row: dict, ledger: CrashLedger) -> tuple[str, float, bool]:
+def _test_hook(row: dict, ledger: CrashLedger, deadline: Deadline) -> tuple[str, float, bool]:
     """(the file to read, seconds to sleep per clip, attempt noted): a test's fault injection when
     R2P1D_TEST_HOOKS=1 (it may crash natively, so the attempt is noted first); else (uri, 0, False)."""
     hooks = test_hooks()
     if not hooks:
         return row["uri"], 0.0, False
     hook = hooks.parse(row["uri"])
-    noted = _note_attempt(ledger, row)
+    noted = _note_attempt(ledger, row, deadline)
     return hook.target, hooks.run(hook), noted
 
 
@@ -148,10 +148,14 @@ def _error_status(e: Exception, uri: str) -> dict:
     return dict(status="error", error_class=type(e).__name__, error=f"{uri}: {e} | {' / '.join(tb)}")
 
 
-def _note_attempt(ledger: CrashLedger, row: dict) -> bool:
+def _note_attempt(ledger: CrashLedger, row: dict, deadline: Deadline) -> bool:
     """Note this attempt in the crash ledger; a video whose decoder already died
-    CRASHES_BEFORE_ERROR times is not decoded again but becomes an error row."""
+    CRASHES_BEFORE_ERROR times is not decoded again but becomes an error row. Off the deadline's
+    clock: the ledger's calls are Ray's KV store (a fresh worker's first one can take seconds on
+    a loaded node), set-up rather than decode time, and not our code for a SIGALRM to land in."""
+    deadline.pause()
     crashed = ledger.begin(row["video_id"])
+    deadline.resume()
     if crashed >= CRASHES_BEFORE_ERROR:
         ledger.end(row["video_id"])
         raise DecodeError(f"{row['uri']}: the decoder process died {crashed} times on this video "
