@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ import torch
 from r2p1d_batch import config
 from r2p1d_batch.classifying.classifier import ClipClassifier, cached_cpu_graph, resolve_runtime, softmax
 from r2p1d_batch.classifying.export import cached_export
+
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ print(json.dumps({"torch": "torch" in sys.modules, "runtime": clf.runtime, "weig
 
 def _fresh_classifier(weights_id: str) -> dict:
     """ClipClassifier in a fresh Python (its own imports), given the driver's weights id."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run([sys.executable, "-c", _TORCH_FREE, weights_id], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -89,7 +89,7 @@ def load_model(spec: str, seed: int = 0, storage=None) -> LoadedModel:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             module = r2plus1d_18(weights=None, num_classes=len(categories()))
-        return LoadedModel(module.eval(), f"random:seed={seed}", True)
+        return LoadedModel(module.eval(), weights_id(spec, seed), True)
     module = r2plus1d_18(weights=None, num_classes=len(categories()))
     if is_kinetics(spec):
         state, wid = _load_kinetics(), KINETICS_ID

@@ -6,6 +6,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Optional
 
@@ -74,6 +76,15 @@ class Deadline:
         if self._signals:
             self._old = signal.signal(signal.SIGALRM, self._fire)
             signal.setitimer(signal.ITIMER_REAL, self.seconds - self.used, REFIRE_SEC)
+
+    @contextmanager
+    def off_clock(self) -> Iterator[None]:
+        """Set-up inside a decode that is not decode time (a fresh worker's imports, Ray's KV
+        calls): the clock stops, and no SIGALRM lands in code that is not ours. Not resumed when
+        the block raises: decode_video's error handling takes over."""
+        self.pause()
+        yield
+        self.resume()
 
     def pause(self) -> None:
         if not self.seconds or not self.inside:

@@ -67,10 +67,9 @@ def _clip_rows(row: dict, cfg: Config, ledger: CrashLedger, gpu, deadline: Deadl
     got.noted = got.noted or _note_attempt(ledger, row, deadline)
     # Here, not per task: a row that fails its stat never imports torch. The imports (seconds
     # in a fresh worker on a loaded node) are set-up, not decode time: off the clock.
-    deadline.pause()
-    one_torch_thread()
-    preset()  # torchvision's preset, which VideoSource's transform reads
-    deadline.resume()
+    with deadline.off_clock():
+        one_torch_thread()
+        preset()  # torchvision's preset, which VideoSource's transform reads
     # Remote objects are streamed: PyAV reads through a file object doing ranged GETs of
     # storage.block_size_mb (one block held), so a few clips never fetch the whole object.
     src = nullcontext(path) if is_local(target) else fs.open(path, "rb")
@@ -153,9 +152,8 @@ def _note_attempt(ledger: CrashLedger, row: dict, deadline: Deadline) -> bool:
     CRASHES_BEFORE_ERROR times is not decoded again but becomes an error row. Off the deadline's
     clock: the ledger's calls are Ray's KV store (a fresh worker's first one can take seconds on
     a loaded node), set-up rather than decode time, and not our code for a SIGALRM to land in."""
-    deadline.pause()
-    crashed = ledger.begin(row["video_id"])
-    deadline.resume()
+    with deadline.off_clock():
+        crashed = ledger.begin(row["video_id"])
     if crashed >= CRASHES_BEFORE_ERROR:
         ledger.end(row["video_id"])
         raise DecodeError(f"{row['uri']}: the decoder process died {crashed} times on this video "

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..decoding.faults import test_hooks
-from ..storage import filesystem, join
+from ..storage import bool_mask, filesystem, join
 from .aggregate import has_repeat, video_topk
 from .commit import clips_file_name, write_clips_file
 
@@ -167,7 +167,7 @@ def _whole(per: PerVideo, videos: pa.Table) -> Whole:
     whole[here] = (per.counts[c] == expected[here]) & ~per.repeats[c]
     if pc.count_distinct(videos.column("video_id"), mode="all").as_py() < n:
         whole[:] = False  # a video row twice in one batch: none is whole, the driver names it
-    ok = pc.equal(videos.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+    ok = bool_mask(pc.equal(videos.column("status"), "ok"))
     return Whole(whole, codes, ok, codes[whole & here & ~ok])
 
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..classifying.weights import MODEL_NAME, categories, is_random
+from ..storage import bool_mask
 from .aggregate import Finished, VideoAggregator, VideoClips, VideoRows, video_topk
 from .clip_writer import REPORT_VIDEO_COLUMNS, ClipWriter
 from .commit import StagedRun
@@ -184,7 +185,7 @@ class RunWriter:
         return VideoRows(
             video_ids=v.column("video_id").to_pylist(),
             num_clips=v.column("num_clips").fill_null(0).to_numpy(),
-            ok=pc.equal(v.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False),
+            ok=bool_mask(pc.equal(v.column("status"), "ok")),
             rows=[(part, i) for i in range(v.num_rows)],
         )
 
