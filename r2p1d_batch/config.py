@@ -209,10 +209,22 @@ class StorageConfig(_Section):
         return out
 
 
+class MaintainConfig(_Section):
+    # `r2p1d maintain OUT` (runs/maintain.py), and what a label run does after its commit.
+    after_label: bool = False  # maintain the output after each committed label run (a nightly cron's job in one)
+    keep_days: Optional[float] = Field(None, gt=0)  # expire history older than this (None: keep it all)
+    keep_runs: Optional[int] = Field(None, ge=1)  # ...or beyond the newest N runs (both: whichever keeps more)
+    # Files a version stopped referencing less than this long ago are never deleted: a reader
+    # that opened that version a moment ago can still read it.
+    min_retention_hours: float = Field(1.0, ge=0)
+    compact: bool = True  # merge small data files toward output.rows_per_file rows
+
+
 class OutputConfig(_Section):
     path: str = "out"
     rows_per_file: int = Field(200_000, ge=1)
     embeddings: bool = False  # clips.embedding: the pooled 512-d feature, L2-normalised (embeddings.py)
+    maintain: MaintainConfig = MaintainConfig()
 
 
 class AuditThresholds(_Section):

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def plan(cfg: Config, manifest: Manifest, weights: str) -> Todo:
         codes = incremental.decide_keys(keys, manifest.video_id, weights, cfg.output.path, cfg.storage, cfg.run.mode)
     finally:
         keys.close()
-    return Todo(manifest, codes != incremental.CODE[incremental.SKIP], incremental.counts(codes))
+    return Todo(manifest, codes != incremental.CODE[incremental.SKIP], incremental.counts(codes),
+                incremental.replaced(codes, manifest.video_id))
 
 
 def label(cfg: Config) -> RunSummary:
@@ -153,7 +155,9 @@ def label(cfg: Config) -> RunSummary:
     weights = weights_id(cfg.model.weights, cfg.model.seed, cfg.storage)
     run_id = new_run_id()
 
-    # Stage 0a (driver): leftovers of killed runs go; a live run on this output stops us.
+    # Stage 0a (driver): committed runs a killed driver left half-applied are rolled forward,
+    # leftovers of killed runs go; a live run on this output stops us.
+    commit.check_writable(cfg.output.path, cfg.storage)
     swept = wait_for_output(cfg)
     if swept.live:
         raise commit.RunInProgressError(
@@ -188,13 +192,43 @@ def label(cfg: Config) -> RunSummary:
             reports = _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights, clip_writer=writer.clip_writer())
             for report in reports:
                 writer.add(report)
-        return writer.commit(time.perf_counter() - t0)
+        summary = writer.commit(time.perf_counter() - t0, todo.replaced, map_files=on_cluster)
     except ExecutionTimeoutError as e:
         writer.abort()
         raise RunStalledError(_stalled_message(cfg, run_id)) from e
     except BaseException:
         writer.abort()
         raise
+    if cfg.output.maintain.after_label:
+        summary.maintenance = maintain_after(cfg)
+    return summary
+
+
+def maintain_after(cfg: Config) -> dict:
+    """output.maintain.after_label: the committed run's output maintained (runs/maintain.py). A
+    failure here leaves the run committed; it is logged and reported, not raised."""
+    from .runs.maintain import maintain
+
+    try:
+        done = maintain(cfg.output.path, cfg.storage, cfg.output.maintain, rows_per_file=cfg.output.rows_per_file,
+                        stale_after_sec=cfg.run.stale_after_sec)
+        return asdict(done)
+    except Exception as e:
+        log.error("the run is committed, but maintaining %s failed: %s", cfg.output.path, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def on_cluster(fn, args: list[tuple]) -> list:
+    """commit.MapFiles on Ray: one task per call (the copy-on-write of the files that hold a
+    relabeled video's earlier rows), Arrow arguments put in the object store once. Without Ray
+    (nothing was labeled), threads here."""
+    if not ray.is_initialized():
+        return commit.threads(fn, args)
+    remote = ray.remote(num_cpus=sizing.WRITER_CPUS)(fn)
+    shared: dict[int, ray.ObjectRef] = {}
+    refs = [remote.remote(*(shared.setdefault(id(a), ray.put(a)) if isinstance(a, pa.Array) else a for a in call))
+            for call in args]
+    return ray.get(refs)
 
 
 class RunStalledError(ServiceError, RuntimeError):

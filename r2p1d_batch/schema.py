@@ -1,7 +1,8 @@
 """Column names and Arrow schemas of every table the job reads or writes.
 
-``run_id`` is not stored inside the files: it is the Hive partition (``run_id=…/``) that
-DuckDB and Spark add when they read the directory.
+``run_id`` (the run that labeled the row) is the last column of the output's Delta tables
+(``CLIPS_TABLE``; `videos`: VIDEOS, the manifest's pass-through columns, run_id). Outputs of
+the earlier layout kept it out of the files, as the Hive partition ``run_id=…/``.
 """
 from __future__ import annotations
 
@@ -91,6 +92,19 @@ VIDEOS = pa.schema(
     + [("decode_sec", pa.float64()), ("created_at", pa.timestamp("us", tz="UTC"))]
 )
 
+RUN_ID = pa.field("run_id", pa.string())
+# The `clips` Delta table's files. Delta has no fixed-size list: the embedding is stored as the
+# list<float> the table's schema says (so every engine's reader takes the files as they are);
+# the query views give it back as FLOAT[512].
+CLIPS_TABLE = pa.schema([pa.field("embedding", pa.list_(pa.float32())) if f.name == "embedding" else f
+                         for f in CLIPS]).append(RUN_ID)
+
+
+def videos_table(videos: pa.Schema) -> pa.Schema:
+    """The `videos` Delta table's files: VIDEOS and the pass-through columns, then run_id."""
+    return videos.append(RUN_ID)
+
+
 # Names a manifest's pass-through columns may not take.
 RESERVED = frozenset(VIDEOS.names) | frozenset(CLIPS.names) | {"run_id"}
 
@@ -120,9 +134,11 @@ LABELED = pa.schema(
 )
 
 # What the writer stage (runs/clip_writer.py) returns to the driver for each batch it wrote:
-# every row names the batch's report (`file`: its part file, part-<uuid>.parquet, under the
-# run's staging clips/), and `kind` says what the row is:
-# - "file" (first): the file itself: `rows` written (0: the batch had no clip, no file), the
+# every row names the batch's report (`file`: its part file, part-<run_id>-<uuid>.parquet, in
+# the clips table's directory, not in the table until the run commits), and `kind` says what
+# the row is:
+# - "file" (first): the file itself: `rows` written (0: the batch had no clip, no file), its
+#   `bytes` and Delta statistics (`stats`, JSON: runs/tables.py), the
 #   report's own row count (`report_rows`: Ray Data may cut a large output into two blocks), the
 #   model's `weights`/`runtime` of its first clip, and the (labeled_at, labeled_clips) pairs of
 #   the classifier batches its clips came from;
@@ -134,7 +150,7 @@ LABELED = pa.schema(
 #   `clip_indices` (ascending) and `prob_sum`, the float64 sum of their softmax.
 WRITE_REPORT = pa.schema(
     [("kind", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("report_rows", pa.int64()),
-     ("video_id", pa.string()), ("uri", pa.string())]
+     ("bytes", pa.int64()), ("stats", pa.string()), ("video_id", pa.string()), ("uri", pa.string())]
     + VIDEO_SOURCE
     + [
         ("decode_sec", pa.float64()),

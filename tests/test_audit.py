@@ -165,7 +165,7 @@ def test_onnxruntime_end_to_end(labeled):
     joined = duckdb.sql(
         f"SELECT a.video_id, a.clip_index, a.label, c.label AS stored, c.clip_sha = a.clip_sha AS same "
         f"FROM read_parquet('{out}/audits/*/clips.parquet', hive_partitioning=true) a "
-        f"JOIN read_parquet('{out}/clips/*/*.parquet', hive_partitioning=true) c "
+        f"JOIN read_parquet('{out}/clips/part-*.parquet') c "
         f"USING (run_id, video_id, clip_index) WHERE a.audit_id = '{audit.name.split('=')[1]}'"
     ).fetchall()
     assert len(joined) == 3 and all(r[2] == r[3] and r[4] for r in joined)
@@ -235,7 +235,7 @@ def _relocated(labeled, dest: Path) -> Path:
     shutil.copytree(labeled["videos"], videos)
     out = dest / "out"
     shutil.copytree(labeled["out"], out, ignore=shutil.ignore_patterns("audits"))
-    for part in out.glob("clips/run_id=*/*.parquet"):
+    for part in out.glob("clips/part-*.parquet"):
         t = pq.read_table(part)
         uris = [str(videos / Path(u).name) for u in t.column("uri").to_pylist()]
         t = t.set_column(t.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string()))

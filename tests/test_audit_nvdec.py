@@ -39,11 +39,11 @@ def _as_nvdec(labeled, dest: Path, fake_sha_for: str) -> Path:
     carry a clip_sha the CPU path will not re-create."""
     out = dest / "out"
     shutil.copytree(labeled["out"], out, ignore=shutil.ignore_patterns("audits"))
-    for part in out.glob("videos/run_id=*/*.parquet"):
+    for part in out.glob("videos/part-*.parquet"):
         t = pq.read_table(part)
         t = t.set_column(t.schema.get_field_index("decoder"), "decoder", pa.array(["nvdec"] * t.num_rows, pa.string()))
         pq.write_table(t, part)
-    for part in out.glob("clips/run_id=*/*.parquet"):
+    for part in out.glob("clips/part-*.parquet"):
         t = pq.read_table(part)
         sha = [("f" * 64 if v == fake_sha_for else s) for v, s in zip(t.column("video_id").to_pylist(),
                                                                       t.column("clip_sha").to_pylist())]
@@ -90,7 +90,7 @@ def test_changed_source_is_still_caught(labeled, tmp_path, capsys):
     out = _as_nvdec(labeled, tmp_path, fake_sha_for="a")
     videos = tmp_path / "videos"
     shutil.copytree(labeled["videos"], videos)
-    for part in out.glob("clips/run_id=*/*.parquet"):  # point the clips at the copies
+    for part in out.glob("clips/part-*.parquet"):  # point the clips at the copies
         t = pq.read_table(part)
         uris = [str(videos / Path(u).name) for u in t.column("uri").to_pylist()]
         pq.write_table(t.set_column(t.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string())), part)

@@ -18,6 +18,7 @@ from r2p1d_batch.bench.output import format_report, format_table, ratio
 from r2p1d_batch.bench.roofline import model_gflop_per_clip, needed_note, sgemm_gflops
 from r2p1d_batch.decoding.pyav import VideoSource
 from r2p1d_batch.decoding.sampling import plan_clips
+from r2p1d_batch.runs import commit
 from r2p1d_batch.runs.summary import RunSummary
 
 from tests.helpers import REPO as ROOT
@@ -217,7 +218,8 @@ def test_bench_scale_section_measures_the_plan_and_the_write_path(tmp_path, caps
     skip, changed = [r for r in rows if r["part"] == "plan"]
     assert (skip["case"], skip["rows"], skip["ray_started"]) == ("skip-all rerun", 2000, False)
     assert skip["wall_s"] > 0 and skip["peak_rss_gib"] > 0
-    assert len(list((tmp_path / "in" / "scale" / "out-2000" / "_runs").glob("run_id=*.json"))) == 1
+    generated = commit.committed_runs(str(tmp_path / "in" / "scale" / "delta-out-2000"))
+    assert [r["videos"] for r in generated] == [2000, 0]  # the synthesized run, then the skip-all rerun
     assert (changed["case"], changed["to_label"], changed["ray_started"]) == ("1% changed", 20, True)
     assert 0 < changed["execution_start_s"] <= changed["first_rows_s"]
     writes = [r for r in rows if r["part"] == "write"]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from r2p1d_batch import config, query, schema
 from r2p1d_batch.query.duplicates import pairs
@@ -276,19 +277,16 @@ def test_report_of_an_s3_output_with_s3_sources(labeled, s3_env, tmp_path):
             to_s3[uri] = s3_env.put(bucket, f"videos/{Path(uri).name}", uri)
         else:
             to_s3[uri] = f"s3://{bucket}/videos/{Path(uri).name}"  # gone there too
-    out = Path(labeled["out"])
+    # The output's uris rewritten the way a user would: a Delta UPDATE of a copy (a new table
+    # version; the files it replaced stay for the history views), then every file uploaded.
+    out = tmp_path / "labels"
+    shutil.copytree(labeled["out"], out)
+    for table in ("clips", "videos"):
+        DeltaTable(str(out / table)).update(
+            {"uri": f"replace(uri, '{labeled['dir']}/', 's3://{bucket}/videos/')"})
     for f in out.rglob("*"):
-        if f.is_file() and not f.name.startswith("."):
-            key = f"labels/{f.relative_to(out)}"
-            if f.suffix == ".parquet":
-                t = pq.read_table(f)
-                t = t.set_column(t.schema.get_field_index("uri"), "uri",
-                                 pa.array([to_s3.get(u, u) for u in t.column("uri").to_pylist()], pa.string()))
-                sink = pa.BufferOutputStream()
-                pq.write_table(t, sink)
-                s3_env.put(bucket, key, sink.getvalue().to_pybytes())
-            else:
-                s3_env.put(bucket, key, f)
+        if f.is_file():
+            s3_env.put(bucket, f"labels/{f.relative_to(out)}", f)
     stats = write_report(f"s3://{bucket}/labels", f"s3://{bucket}/reports/r.html")
     assert stats.thumbnails > 0 and stats.placeholders >= 1 and stats.errors == 2
     page = s3_env.client().get_object(Bucket=bucket, Key="reports/r.html")["Body"].read().decode()

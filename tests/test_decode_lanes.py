@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from deltalake import DeltaTable
 
 from r2p1d_batch import config
 from r2p1d_batch.decoding.lanes import NVDEC_THEN_CPU, NvdecDecodeStage, NvdecLane, split_rows
@@ -22,6 +23,7 @@ from r2p1d_batch.decoding.nvdec import NvdecDecoder, NvdecError
 from r2p1d_batch.decoding.pyav import VideoSource
 from r2p1d_batch.decoding.sampling import plan_clips
 from r2p1d_batch.decoding.stage import DecodeStage, decode_video
+from r2p1d_batch.runs import commit
 
 from tests.helpers import REPO
 from tests.helpers.videos import make_video, make_yuv_video
@@ -184,15 +186,15 @@ def test_label_job_cuda_without_gpu_exits_2_and_auto_runs_on_cpu(ray_local, tmp_
     assert main(base + ["--output", str(out), "--set", "decode.device=cuda"]) == 2
     err = capsys.readouterr().err
     assert "decode.device=cuda" in err and "no GPU" in err
-    assert not list(out.glob("_runs/*")) and not list(out.glob("clips/run_id=*"))
+    assert not list(out.glob("*/part-*")) and not (out / "runs").exists()
     caplog.set_level(logging.INFO, logger="r2p1d_batch")  # --log-level INFO: pytest's handlers own the root
     assert main(base + ["--output", str(out), "--log-level", "INFO"]) == 0
     stdout = capsys.readouterr().out
     assert "decode.device=auto: the Ray cluster has no GPU" in caplog.text
     assert "decode.device cpu: videos decoded by cpu 1" in stdout
-    videos = pq.read_table(next(out.glob("videos/run_id=*"))).to_pylist()
+    videos = DeltaTable(str(out / "videos")).to_pyarrow_table().to_pylist()
     assert [(r["decoder"], r["decoder_note"]) for r in videos] == [("cpu", "")]
-    record = json.loads(next(out.glob("_runs/*.json")).read_text())
+    record = commit.committed_runs(str(out))[0]
     assert record["decode_device"] == "cpu" and record["videos_by_decoder"] == {"cpu": 1}
 
 

@@ -86,8 +86,8 @@ def assert_no_leftovers(out: Path) -> None:
     ids = set(commit.committed_run_ids(str(out)))
     assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
     for table in commit.TABLES:
-        for d in (out / table).glob("run_id=*"):
-            assert d.name[len("run_id="):] in ids, f"uncommitted partition left: {d}"
+        for f in (out / table).glob("part-*.parquet"):
+            assert "-".join(f.name.split("-")[1:3]) in ids, f"a file of an uncommitted run left: {f}"
 
 
 def descendants(name: str, root: psutil.Process | None = None) -> list[psutil.Process]:
@@ -246,7 +246,8 @@ def test_grown_manifest_changed_file_new_weights_rerun_failed_and_force(tmp_path
     s3 = run(m2, out, "model.seed=1")  # new weights: everything again, under the new weights id
     assert (s3.videos_changed, s3.videos_skipped, s3.videos, s3.weights) == (4, 0, 4, "random:seed=1")
     cur = current_videos(out)
-    assert len(cur) == 8 and len(committed(out, "videos")) == 8  # one row per (video, fingerprint, weights)
+    assert len(cur) == 4 and {v["weights"] for v in cur.values()} == {"random:seed=1"}  # one labeling per video
+    assert len(committed(out, "videos")) == 8  # the first weights' rows stay as history
 
     # v1's file changes; "gone" is still missing: --rerun-failed retries its error row
     v1 = make_video(tmp_path / "v1b.mp4", n_frames=30, fps=15, size=(64, 48), seed=7)
@@ -258,10 +259,12 @@ def test_grown_manifest_changed_file_new_weights_rerun_failed_and_force(tmp_path
     s5 = run(m2, out, "model.seed=1", "run.mode=force")
     assert (s5.videos_forced, s5.videos_retried, s5.videos_skipped, s5.videos) == (3, 1, 0, 4)
     cur = current_videos(out)
-    latest = {k: v for k, v in cur.items() if k[2] == "random:seed=1"}
-    assert len(latest) == 5  # 4 videos, plus v1's old fingerprint kept as history
     now = dict(zip(grown, incremental.fingerprints(list(grown.values()))))
-    assert {latest[(vid, fp, "random:seed=1")]["run_id"] for vid, fp in now.items()} == {s5.run_id}
+    assert {vid: (v["source_fingerprint"], v["run_id"]) for vid, v in cur.items()} == {
+        vid: (fp, s5.run_id) for vid, fp in now.items()}
+    history = committed(out, "videos")
+    assert len(history) == 2 + 2 + 4 + 2 + 4  # every run's rows: v1's old fingerprint among them
+    assert len({v["source_fingerprint"] for v in history if v["video_id"] == "v1"}) == 2
     # the current clips: exactly one set per current video row (clips follow their video row)
     clips = committed(out, "clips")
     for v in cur.values():

@@ -6,6 +6,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from tests.helpers import REPO
 from tests.helpers.videos import make_audio_only, make_video
@@ -53,9 +54,9 @@ def labeled(corpus, tmp_path_factory):
 
 def _sql(out, q):
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW clips AS SELECT * FROM read_parquet('{out}/clips/**/*.parquet', hive_partitioning=true)")
-    con.execute(f"CREATE VIEW videos AS SELECT * FROM read_parquet('{out}/videos/**/*.parquet', "
-                "hive_partitioning=true, union_by_name=true)")
+    for table in ("clips", "videos"):  # the Delta tables' own reader: no project code
+        con.register(f"_{table}", DeltaTable(str(out / table)).to_pyarrow_dataset())
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}")
     return con.execute(q).fetchall()
 
 

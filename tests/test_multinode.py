@@ -219,7 +219,7 @@ def node_of(actor_or_task) -> str:
 # -- the plan Ray will execute -------------------------------------------------------------------
 def _writer_stage(ds, cfg):
     """The writer stage as the pipeline adds it (runs/clip_writer.py)."""
-    clip_writer = ClipWriter("unused", model="m", sampling="s", created_at=datetime.now(timezone.utc),
+    clip_writer = ClipWriter("unused", run_id="r", model="m", sampling="s", created_at=datetime.now(timezone.utc),
                              labels=np.array(["a"], dtype=object), topk_n=1)
     return ds.map_batches(clip_writer, batch_size=batch_rows(cfg.output.rows_per_file),
                           batch_format="pyarrow", compute=task_pool(writer_tasks(cfg)), **writer_args(cfg))
@@ -397,7 +397,7 @@ def test_no_node_can_take_the_classifier_fails_after_stall_timeout(cluster, clea
     assert 20 <= waited < 300
     assert commit.committed_run_ids(str(out)) == []
     assert not (out / commit.STAGING_DIR).exists() or not any((out / commit.STAGING_DIR).iterdir())
-    assert not list(out.glob("clips/run_id=*")) and not list(out.glob("videos/run_id=*"))
+    assert not list(out.glob("clips/part-*")) and not list(out.glob("videos/part-*"))
 
 
 def test_decode_attempts_lost_with_their_node_are_not_decoder_crashes(cluster):

@@ -45,8 +45,8 @@ def test_uniform_run_with_checkpoint_reproduces_labels(ray_local, tmp_path):
 
     con = duckdb.connect()
     clips = con.execute(f"SELECT uri, clip_index, start_sec, clip_sha, label, score FROM "
-                        f"read_parquet('{tmp_path}/out/clips/**/*.parquet') ORDER BY uri, clip_index").fetchall()
-    videos = dict(con.execute(f"SELECT uri, label FROM read_parquet('{tmp_path}/out/videos/**/*.parquet')").fetchall())
+                        f"read_parquet('{tmp_path}/out/clips/*.parquet') ORDER BY uri, clip_index").fetchall()
+    videos = dict(con.execute(f"SELECT uri, label FROM read_parquet('{tmp_path}/out/videos/*.parquet')").fetchall())
     clf = ClipClassifier(cfg.model)
     for uri in (str(v1), str(v2)):
         mine = [c for c in clips if c[0] == uri]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from r2p1d_batch import config as config_mod
+from r2p1d_batch import schema
 from r2p1d_batch.decoding.stage import decode_video
 from r2p1d_batch.runs import incremental
 from r2p1d_batch.runs.fingerprints import fingerprints
@@ -110,25 +110,32 @@ def test_s3_listing_denied_falls_back_to_head(s3_env, s3_proxy):
 
 # -- the selection: columns in, codes out, the same decisions as the specification ------------------
 def _committed(out: Path, rng: random.Random) -> None:
-    """A random committed history: runs of videos rows with repeated keys, null fingerprints,
-    other weights, errors, and an empty file."""
+    """A random committed history in the Delta tables: runs of videos rows that relabel earlier
+    videos (replacing their rows, as a label run does), null fingerprints, other weights,
+    errors, and an empty file."""
+    from r2p1d_batch.runs import commit, tables
+
     cols = ("video_id", "source_fingerprint", "weights", "status")
-    sch = pa.schema([(c, pa.string()) for c in cols])
+    sch = pa.schema([(c, pa.string()) for c in cols] + [("run_id", pa.string())])
+    fs, _ = filesystem(str(out))
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    current: set[str] = set()
     for r in range(rng.randint(0, 5)):
         run = f"2026010{r}T000000Z-{r:06d}"
+        ids = [f"v{i}" for i in rng.sample(range(30), rng.randint(0, 25))]
+        cut = rng.randint(0, len(ids))
         files = []
-        for part in range(rng.randint(1, 2)):
-            n = rng.randint(0, 25)
-            t = pa.table({"video_id": [f"v{rng.randrange(30)}" for _ in range(n)],
+        for part, chunk in enumerate((ids[:cut], ids[cut:])):
+            n = len(chunk)
+            t = pa.table({"video_id": chunk,
                           "source_fingerprint": [rng.choice(["fa", "fb", None, "fc"]) for _ in range(n)],
                           "weights": [rng.choice(["w0", "w1"]) for _ in range(n)],
-                          "status": [rng.choice(["ok", "error", "ok"]) for _ in range(n)]}, schema=sch)
-            rel = f"videos/run_id={run}/part-{part:05d}.parquet"
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(t, out / rel)
-            files.append(rel)
-        (out / "_runs").mkdir(exist_ok=True)
-        (out / "_runs" / f"run_id={run}.json").write_text(json.dumps({"run_id": run, "files": files}))
+                          "status": [rng.choice(["ok", "error", "ok"]) for _ in range(n)],
+                          "run_id": [run] * n}, schema=sch)
+            files.append(tables.write_file(fs, str(out / "videos"), f"part-{run}-{part:05d}.parquet", t))
+        commit.commit_run(str(out), run, {"run_id": run}, {"clips": (schema.CLIPS_TABLE, []), "videos": (sch, files)},
+                          pa.array(sorted(set(ids) & current), pa.string()))
+        current |= set(ids)
 
 
 def test_decide_matches_the_specification_on_random_histories(tmp_path):

@@ -13,11 +13,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from r2p1d_batch import config as config_mod
 from r2p1d_batch import query, schema
@@ -33,41 +34,42 @@ from tests.helpers import REPO as ROOT
 from tests.helpers.labeled import add, labeled, manifest, writer
 from tests.helpers.videos import make_video
 
-CLIP_GLOB = "clips/run_id=*/*.parquet"
 
-
-def glob_rows(out: Path, table: str = "clips") -> int:
-    """What a plain DuckDB glob sees (0 when it matches no file)."""
+def delta_rows(out: Path, table: str = "clips") -> int:
+    """What the table's own reader sees (delta-rs, no project code): 0 when there is no table."""
     try:
-        return duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/{table}/run_id=*/*.parquet')").fetchall()[0][0]
-    except duckdb.IOException:
+        return DeltaTable(str(out / table)).to_pyarrow_table().num_rows
+    except TableNotFoundError:
         return 0
 
 
 def committed_rows(out: Path, table: str = "clips") -> int:
     try:
-        return duckdb.sql(f"SELECT count(*) FROM ({query.committed_sql(str(out), table)})").fetchall()[0][0]
-    except duckdb.IOException:
+        return query.connect(str(out)).sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    except query.NoCommittedRuns:
         return 0
 
 
 def test_commit_makes_the_run_visible_at_once(tmp_path):
     w = writer(tmp_path, "20260101T000000Z-aaaaaa")
     add(w, labeled("a", 3), labeled("b", 2))
-    w._flush()  # files exist in staging (clips: written by the writer stage; videos: flushed)...
-    assert list((tmp_path / "_staging").rglob("clips/*.parquet")) and list((tmp_path / "_staging").rglob("videos/*"))
+    w._flush()  # files exist in the tables' directories (clips: the writer stage; videos: flushed)...
+    assert list(tmp_path.glob("clips/part-20260101T000000Z-aaaaaa-*.parquet"))
+    assert list(tmp_path.glob("videos/part-20260101T000000Z-aaaaaa-*.parquet"))
     assert commit.committed_run_ids(str(tmp_path)) == []
-    assert glob_rows(tmp_path) == 0 and committed_rows(tmp_path) == 0  # ...and nobody sees them
+    assert delta_rows(tmp_path) == 0 and committed_rows(tmp_path) == 0  # ...and nobody sees them
     s = w.commit(1.0)
     assert s.committed and s.videos == 2 and s.clips == 5
     assert commit.committed_run_ids(str(tmp_path)) == [s.run_id]
-    assert glob_rows(tmp_path) == 5 and committed_rows(tmp_path) == 5 and committed_rows(tmp_path, "videos") == 2
-    record = json.loads((tmp_path / "_runs" / f"run_id={s.run_id}.json").read_text())
-    assert sorted(record["files"]) == sorted(
-        str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/run_id=*/*.parquet"))
+    assert delta_rows(tmp_path) == 5 and committed_rows(tmp_path) == 5 and delta_rows(tmp_path, "videos") == 2
+    record = json.loads((tmp_path / commit.COMMITS_DIR / f"{1:020d}.json").read_text())
+    assert record["run_id"] == s.run_id and sorted(record["files"]) == sorted(s.files) == sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/part-*.parquet") if p.parent.name != "runs")
     assert not (tmp_path / "_staging").exists()
     listed = [str(tmp_path / f) for f in record["files"] if f.startswith("clips/")]
     assert commit.committed_files(str(tmp_path), "clips") == listed
+    assert sorted(commit.current_files(str(tmp_path), "clips")) == sorted(listed)
+    assert DeltaTable(str(tmp_path / "runs")).to_pyarrow_table().column("run_id").to_pylist() == [s.run_id]
 
 
 def test_only_reported_files_are_published_and_a_report_delivered_twice_counts_once(tmp_path):
@@ -79,13 +81,14 @@ def test_only_reported_files_are_published_and_a_report_delivered_twice_counts_o
     w.add(report)
     w.add(report)  # the same report again: dropped whole
     add(w, labeled("b", 1))
-    assert len(list((tmp_path / "_staging").rglob("clips/*.parquet"))) == 3
+    assert len(list(tmp_path.glob("clips/part-*.parquet"))) == 3
     s = w.commit(1.0)
-    t = pq.read_table(tmp_path / "clips").to_pylist()
+    t = DeltaTable(str(tmp_path / "clips")).to_pyarrow_table().to_pylist()
     assert sorted((r["video_id"], r["clip_index"]) for r in t) == [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0)]
     assert s.videos == 2 and s.clips == 5 and w.duplicates_dropped == 1
     assert len([f for f in s.files if f.startswith("clips/")]) == 2  # the retry's and b's, not the dead attempt's
-    assert not (tmp_path / "_staging").exists()  # the unreported file went with staging
+    assert not (tmp_path / "_staging").exists()
+    assert len(list(tmp_path.glob("clips/part-*.parquet"))) == 2  # the unreported file was deleted
 
 
 def test_reports_cut_over_blocks_or_sharing_one_are_taken_whole(tmp_path):
@@ -101,7 +104,7 @@ def test_reports_cut_over_blocks_or_sharing_one_are_taken_whole(tmp_path):
     assert len(pq.read_table(tmp_path / "clips")) == 6
     w = writer(tmp_path / "cut", "20260101T000000Z-bbbbbb", ids=("a",))
     w.add(w.clip_writer()(labeled("a", 3)).slice(0, 1))
-    with pytest.raises(RuntimeError, match=r"reports of \['part-\w+\.parquet'\] arrived in part"):
+    with pytest.raises(RuntimeError, match=r"reports of \['part-[\w-]+\.parquet'\] arrived in part"):
         w.commit(1.0)
     w.abort()
 
@@ -111,13 +114,13 @@ def test_clips_of_a_video_reported_by_two_files_refuse_the_commit(tmp_path):
     w = writer(tmp_path, "20260101T000000Z-bbbbbc")
     a = labeled("a", 4)
     add(w, a.filter(pc.equal(a.column("kind"), "clip")).slice(0, 2))  # clips 0-1 in one file...
-    with pytest.raises(WriteConflict, match=r"video a: whole in one part file and also reported by part-\w+"):
+    with pytest.raises(WriteConflict, match=r"video a: whole in one part file and also reported by part-[\w-]+"):
         add(w, a)  # ...and 0-3 again in another, with the video row (whole there)
     w.abort()
     assert commit.committed_run_ids(str(tmp_path)) == [] and not (tmp_path / "_staging").exists()
     w = writer(tmp_path, "20260101T000000Z-bbbbbe", ids=("a",))
     add(w, a.slice(0, 2))
-    with pytest.raises(WriteConflict, match=r"video a: 5 clips reported by part-\w+\.parquet, part-\w+\.parquet, "
+    with pytest.raises(WriteConflict, match=r"video a: 5 clips reported by part-[\w-]+\.parquet, part-[\w-]+\.parquet, "
                                             r"its row says 4"):
         add(w, a.slice(1))  # clip 1 in two files, the row in the second: not whole there
     w.abort()
@@ -162,8 +165,9 @@ def test_manifest_extras_pass_through_to_videos_in_manifest_order(tmp_path):
     w = RunWriter(str(tmp_path), "20260101T000000Z-ffffff", todo, sampling="dense", topk_n=1)
     add(w, pa.concat_tables([labeled("c", 1), labeled("a", 2)]), labeled("b", 1, status="error"))
     w.commit(1.0)
-    t = pq.read_table(next((tmp_path / "videos").rglob("*.parquet")))  # the file, without the run_id partition
-    assert t.schema.names[-2:] == ["zone", "camera"] and t.schema.names[:-2] == schema.VIDEOS.names
+    t = pq.read_table(next((tmp_path / "videos").glob("part-*.parquet")))
+    assert t.schema.names[-3:] == ["zone", "camera", "run_id"] and t.schema.names[:-3] == schema.VIDEOS.names
+    assert DeltaTable(str(tmp_path / "videos")).schema().to_arrow().names == t.schema.names
     assert sorted(zip(*[t.column(c).to_pylist() for c in ("video_id", "zone", "camera")])) == [
         ("a", "z1", 7), ("b", "z2", 8), ("c", "z3", 9)]
     big = manifest(*[f"v{i}" for i in range(300_000)]).append_column("zone", pa.nulls(300_000, pa.string()))
@@ -195,38 +199,94 @@ def _run_child(code: str, out) -> subprocess.CompletedProcess:
         from r2p1d_batch import query
         from r2p1d_batch.runs import commit, incremental
         from pathlib import Path
+        import pyarrow as pa
         out = {str(out)!r}
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=120)
 
 
-@pytest.mark.parametrize("where", ["while_staging", "after_publish_before_record"])
+@pytest.mark.parametrize("where", ["while_writing", "before_record"])
 def test_a_killed_run_leaves_nothing_visible_and_is_swept(tmp_path, where):
     # A committed run first, so the output is not empty.
     w = writer(tmp_path, "20260101T000000Z-000000")
     add(w, labeled("a", 1), labeled("b", 1))
     first = w.commit(1.0).run_id
     kill = {
-        # killed mid-run: staged files and a lease, no record
-        "while_staging": "w = writer(out, '20260102T000000Z-111111'); add(w, labeled('a', 3)); w._flush(); os._exit(9)",
-        # killed between publishing the partitions and putting the record (the worst moment)
-        "after_publish_before_record": (
-            "commit.write_record = lambda *a, **k: os._exit(9)\n"
+        # killed mid-run: files in the tables' directories and a lease, no record
+        "while_writing": "w = writer(out, '20260102T000000Z-111111'); add(w, labeled('a', 3)); w._flush(); os._exit(9)",
+        # killed with every file written, just before the record's put (the commit point)
+        "before_record": (
+            "commit.put_new = lambda *a, **k: os._exit(9)\n"
             "w = writer(out, '20260102T000000Z-111111'); add(w, labeled('a', 3), labeled('b', 2)); "
             "w.commit(1.0)"),
     }[where]
     proc = _run_child(kill, tmp_path)
     assert proc.returncode == 9, proc.stderr
     assert commit.committed_run_ids(str(tmp_path)) == [first]
-    assert committed_rows(tmp_path) == 2 and committed_rows(tmp_path, "videos") == 2  # the record-honouring glob
-    if where == "after_publish_before_record":
-        # The plain glob is the one reader that can see this window (see docs/runs.md).
-        assert (tmp_path / "clips" / "run_id=20260102T000000Z-111111").is_dir()
+    assert list(tmp_path.glob("clips/part-20260102T000000Z-111111-*"))  # its files are there...
+    assert committed_rows(tmp_path) == 2 and committed_rows(tmp_path, "videos") == 2  # ...and invisible
+    assert delta_rows(tmp_path) == 2 and delta_rows(tmp_path, "videos") == 2  # to every Delta reader too
     swept = commit.sweep(str(tmp_path))  # the killed driver's pid is gone: stale at once
-    assert swept.removed == ["20260102T000000Z-111111"] and swept.live == []
-    assert glob_rows(tmp_path) == 2 and not list(tmp_path.glob("*/run_id=20260102T000000Z-111111*"))
+    assert swept.removed == ["20260102T000000Z-111111"] and swept.live == [] and swept.recovered == []
+    assert not list(tmp_path.glob("*/part-20260102T000000Z-111111-*"))
     assert not (tmp_path / "_staging" / "run_id=20260102T000000Z-111111").exists()
+
+
+@pytest.mark.parametrize("where", ["after_record", "between_tables"])
+def test_a_run_killed_after_its_record_is_rolled_forward_whole(tmp_path, where):
+    """The record is the commit point: a driver killed after its put (before any table commit,
+    or with `clips` applied and `videos` not) leaves a committed run that readers do not see
+    half of, and that the next run (or maintenance) applies whole, once."""
+    w = writer(tmp_path, "20260101T000000Z-000000")
+    add(w, labeled("a", 1), labeled("b", 1))
+    first = w.commit(1.0).run_id
+    kill = {
+        "after_record": "commit._apply_record = lambda *a, **k: os._exit(9)\n",
+        "between_tables": ("from r2p1d_batch.runs import tables\n"
+                           "real = tables.apply\n"
+                           "tables.apply = lambda out, t, *a, **k: (os._exit(9) if t == 'videos'\n"
+                           "                                        else real(out, t, *a, **k))\n"),
+    }[where]
+    proc = _run_child(kill + "w = writer(out, '20260102T000000Z-222222', ids=('a', 'c')); "
+                      "add(w, labeled('a', 3, fp='fp2'), labeled('c', 2)); w.commit(1.0, pa.array(['a']))",
+                      tmp_path)
+    assert proc.returncode == 9, proc.stderr
+    # Not applied yet (or half): our readers stay on the last applied run
+    assert commit.committed_run_ids(str(tmp_path)) == [first]
+    assert committed_rows(tmp_path) == 2 and committed_rows(tmp_path, "videos") == 2
+    swept = commit.sweep(str(tmp_path))
+    assert swept.recovered == ["20260102T000000Z-222222"] and swept.removed == []
+    assert commit.committed_run_ids(str(tmp_path)) == [first, "20260102T000000Z-222222"]
+    con = query.connect(str(tmp_path))
+    assert con.sql("SELECT video_id, count(*), min(run_id) FROM clips GROUP BY ALL ORDER BY ALL").fetchall() == [
+        ("a", 3, "20260102T000000Z-222222"), ("b", 1, first), ("c", 2, "20260102T000000Z-222222")]
+    assert con.sql("SELECT count(*) FROM videos").fetchall() == [(3,)]
+    assert delta_rows(tmp_path) == 6 and delta_rows(tmp_path, "videos") == 3
+    assert commit.sweep(str(tmp_path)).recovered == []  # once
+    assert not list(tmp_path.glob("_staging/*"))
+
+
+def test_a_second_writer_on_the_same_sequence_number_commits_nothing(tmp_path):
+    """Two drivers that both planned against run N (the lease is the first guard): the record's
+    conditional create lets one commit N + 1; the other fails, named, and leaves no file."""
+    a = writer(tmp_path, "20260101T000000Z-aaaaaa")
+    b = writer(tmp_path, "20260101T000000Z-bbbbbb")
+    add(a, labeled("a", 1), labeled("b", 1))
+    add(b, labeled("a", 2), labeled("b", 2))
+    a.commit(1.0)
+    seq = commit._applied
+    commit._applied = lambda *args: 0  # b still believes nothing is committed
+    try:
+        with pytest.raises(commit.RunInProgressError, match=r"run 20260101T000000Z-aaaaaa committed as number 1 "
+                                                            r"while run 20260101T000000Z-bbbbbb was running"):
+            b.commit(1.0)
+    finally:
+        commit._applied = seq
+    b.abort()
+    assert commit.committed_run_ids(str(tmp_path)) == ["20260101T000000Z-aaaaaa"]
+    assert not list(tmp_path.glob("*/part-20260101T000000Z-bbbbbb-*"))
+    assert committed_rows(tmp_path) == 2
 
 
 def test_a_live_lease_is_kept_and_reported(tmp_path):
@@ -244,10 +304,13 @@ def test_a_live_lease_is_kept_and_reported(tmp_path):
 
 
 def _commit(out: Path, run_id: str, *tables: pa.Table) -> None:
+    """A run of ``tables``; the videos it labels that are already current are relabeled (the
+    plan's changed/retried/forced rows)."""
     ids = dict.fromkeys(v for t in tables for v in t.column("video_id").to_pylist())
+    known = set(incremental.committed_videos(str(out)).column("video_id").to_pylist())
     w = RunWriter(str(out), run_id, manifest(*ids), sampling="dense", topk_n=1)
     add(w, *tables)
-    w.commit(1.0)
+    w.commit(1.0, pa.array([v for v in ids if v in known], pa.string()))
 
 
 def test_select_new_changed_retried_forced_skipped(tmp_path):
@@ -266,26 +329,28 @@ def test_select_new_changed_retried_forced_skipped(tmp_path):
     assert incremental.select(["b"], ["fb"], w0, committed, "rerun_failed") == ["skipped"]
 
 
-def test_current_rule_gives_one_row_per_key(tmp_path):
+def test_current_rule_gives_one_labeling_per_video(tmp_path):
+    """A relabel (forced, new weights, changed source) replaces the video's earlier rows in the
+    tables, in the same commit that adds the new ones; history keeps every labeling."""
     _commit(tmp_path, "20260101T000000Z-000001", labeled("a", 2, label_id=1), labeled("b", 1))
     _commit(tmp_path, "20260102T000000Z-000002", labeled("a", 3, label_id=2))  # a forced relabel of a
     _commit(tmp_path, "20260103T000000Z-000003", labeled("a", 1, weights="random:seed=1"))  # new weights
-    videos_sql, clips_sql = query.current_sql(str(tmp_path))
-    v = duckdb.sql(f"SELECT video_id, weights, run_id, num_clips FROM ({videos_sql}) ORDER BY ALL").fetchall()
-    assert v == [("a", "random:seed=0", "20260102T000000Z-000002", 3),
-                 ("a", "random:seed=1", "20260103T000000Z-000003", 1),
+    con = query.connect(str(tmp_path))
+    v = con.sql("SELECT video_id, weights, run_id, num_clips FROM videos ORDER BY ALL").fetchall()
+    assert v == [("a", "random:seed=1", "20260103T000000Z-000003", 1),
                  ("b", "random:seed=0", "20260101T000000Z-000001", 1)]
-    c = duckdb.sql(f"SELECT video_id, weights, clip_index, label_id FROM ({clips_sql}) ORDER BY ALL").fetchall()
-    assert c == [("a", "random:seed=0", 0, 2), ("a", "random:seed=0", 1, 2), ("a", "random:seed=0", 2, 2),
-                 ("a", "random:seed=1", 0, 0), ("b", "random:seed=0", 0, 0)]
-    con = query.connect(str(tmp_path))  # the query module's views apply the same rule
-    assert con.sql("SELECT video_id, weights, run_id, num_clips FROM videos ORDER BY ALL").fetchall() == v
-    assert con.sql("SELECT video_id, weights, clip_index, label_id FROM clips ORDER BY ALL").fetchall() == c
+    c = con.sql("SELECT video_id, weights, clip_index, label_id FROM clips ORDER BY ALL").fetchall()
+    assert c == [("a", "random:seed=1", 0, 0), ("b", "random:seed=0", 0, 0)]
+    assert delta_rows(tmp_path) == 2 and delta_rows(tmp_path, "videos") == 2  # any Delta reader: the same rows
     assert con.sql("SELECT count(*) FROM runs").fetchall() == [(3,)]
-    # history stays: the raw committed glob still has every run's rows
-    assert committed_rows(tmp_path) == 2 + 1 + 3 + 1
+    # history stays: every run's own rows
+    assert con.sql("SELECT count(*) FROM clips_all").fetchall() == [(2 + 1 + 3 + 1,)]
+    assert con.sql("SELECT run_id, count(*) FROM videos_all GROUP BY ALL ORDER BY ALL").fetchall() == [
+        ("20260101T000000Z-000001", 2), ("20260102T000000Z-000002", 1), ("20260103T000000Z-000003", 1)]
+    old = DeltaTable(str(tmp_path / "clips"), version=1).to_pyarrow_table()  # time travel: the first run's
+    assert sorted(old.column("video_id").to_pylist()) == ["a", "a", "b"]
     current = incremental.current(incremental.committed_videos(str(tmp_path)))
-    assert current[("a", "fp1", "random:seed=0")]["run_id"] == "20260102T000000Z-000002"
+    assert current["a"]["run_id"] == "20260103T000000Z-000003" and len(current) == 2
 
 
 def test_driver_fingerprints_match_the_decode_stage(tmp_path):
@@ -423,36 +488,45 @@ def s3_out():
 
 
 def test_s3_commit_is_visible_only_through_the_record_and_a_killed_run_is_swept(s3_out):
+    from deltalake import DeltaTable as Delta
+
+    from r2p1d_batch.runs import tables
+
     fs, root = filesystem(s3_out)
+    opts = tables.delta_options(s3_out)
+    assert opts["conditional_put"] == "etag" and opts["AWS_ALLOW_HTTP"] == "true"
     w = RunWriter(s3_out, "20260101T000000Z-s3s3s3", manifest("a", "b"), sampling="dense", topk_n=1)
     add(w, labeled("b", 2, label_id=1))  # one file, reported...
-    w.clip_writer()(labeled("a", 3))  # ...one not (a dead attempt): never published
+    w.clip_writer()(labeled("a", 3))  # ...one not (a dead attempt): never added
     add(w, labeled("a", 3))
     w._flush()
-    assert fs.find(f"{root}/_staging") and not fs.exists(f"{root}/clips")
+    assert len(fs.find(f"{root}/clips")) == 3 and not fs.exists(f"{root}/clips/_delta_log")
     assert commit.committed_run_ids(s3_out) == []
     s = w.commit(1.0)
     assert commit.committed_run_ids(s3_out) == [s.run_id]
     files = commit.committed_files(s3_out, "clips")
     assert len(files) == 2 and sum(pq.read_table(f, filesystem=fs).num_rows for f in files) == 5
+    fs.invalidate_cache()
+    assert len([f for f in fs.find(f"{root}/clips") if "_delta_log" not in f]) == 2  # the dead attempt's is gone
     assert not fs.exists(f"{root}/_staging/run_id={s.run_id}")
-    con = duckdb.connect()
-    con.register_filesystem(fs)  # DuckDB reads S3 through fsspec: no httpfs download
-    def count():
-        return con.sql(f"SELECT count(*) FROM ({query.committed_sql(s3_out, 'clips')})").fetchall()[0][0]
 
-    assert count() == 5
-    # a run killed between publishing (copies) and its record: never visible, swept next time
-    proc = _run_child("commit.write_record = lambda *a, **k: os._exit(9)\n"
+    def count():
+        return Delta(f"{s3_out}/clips", storage_options=opts).to_pyarrow_table().num_rows
+
+    assert count() == 5 and query.connect(s3_out).sql("SELECT count(*) FROM clips").fetchall() == [(5,)]
+    # a run killed just before its record: never visible, swept next time
+    proc = _run_child("commit.put_new = lambda *a, **k: os._exit(9)\n"
                       "w = writer(out, '20260102T000000Z-dead00', ids=('a',)); add(w, labeled('a', 3)); "
                       "w.commit(1.0)", s3_out)
     assert proc.returncode == 9, proc.stderr
     fs.invalidate_cache()
-    assert fs.find(f"{root}/clips/run_id=20260102T000000Z-dead00")  # copied, but no record:
+    assert fs.find(f"{root}/clips", prefix="part-20260102T000000Z-dead00")  # written, but no record:
     assert commit.committed_run_ids(s3_out) == [s.run_id]  # not committed
-    assert count() == 5  # the record-honouring glob ignores the copied files
+    assert count() == 5
     assert commit.sweep(s3_out).removed == ["20260102T000000Z-dead00"]
     fs.invalidate_cache()
-    assert not fs.find(f"{root}/clips/run_id=20260102T000000Z-dead00")
+    assert not fs.find(f"{root}/clips", prefix="part-20260102T000000Z-dead00")
     assert not fs.find(f"{root}/_staging")
-    assert [f.rsplit("/", 2)[-2] for f in commit.committed_files(s3_out, "videos")] == [f"run_id={s.run_id}"]
+    # two writers taking the same sequence number: S3's conditional create refuses the second
+    assert commit.put_new(fs, commit.record_path(root, 1), "{}") is False
+    assert commit.put_new(fs, f"{root}/_commits/probe.json", "{}") is True

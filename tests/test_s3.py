@@ -270,11 +270,9 @@ def test_end_to_end_local_manifest_s3_videos_local_output(s3_env, tmp_path, smal
     timeline = query.report(con, "timeline", video_id="s3").fetchall()
     assert len(timeline) == 1 and timeline[0][-1] == run_id
 
-    # A run that is not in the committed-runs record stays invisible.
-    ghost = out_dir / "clips" / "run_id=ghost"
-    ghost.mkdir()
-    src = next((out_dir / "clips" / f"run_id={run_id}").glob("*.parquet"))
-    ghost.joinpath("part-00000.parquet").write_bytes(src.read_bytes())
+    # A data file that no committed table version adds stays invisible.
+    src = next((out_dir / "clips").glob("part-*.parquet"))
+    (out_dir / "clips" / "part-ghost.parquet").write_bytes(src.read_bytes())
     assert query.connect(str(out_dir)).execute("SELECT count(*) FROM clips").fetchall()[0][0] == 2
 
 

@@ -3,6 +3,7 @@ directly as the pipeline's Ray workers call them, and the whole chain decode -> 
 -> the driver's RunWriter -> commit without Ray."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from r2p1d_batch import config, schema
 from r2p1d_batch.decoding.stage import HOLD_CLIPS, DecodeStage, decode_video
@@ -72,27 +74,29 @@ def test_writer_writes_the_clips_rows_and_reports_whole_videos_and_partial_sums(
              ("e", 0)]
     batch, probs = labeled_batch(order, [("a", 3), ("b", 5), ("d", 2), ("e", 1, "error")], embeddings=embeddings)
     labels = np.array([f"class{i}" for i in range(400)], dtype=object)
-    writer = ClipWriter(str(tmp_path), model="r2plus1d_18", sampling="dense:x", created_at=CREATED, labels=labels,
-                        topk_n=5)
+    writer = ClipWriter(str(tmp_path), run_id="20260101T000000Z-stage0", model="r2plus1d_18", sampling="dense:x",
+                        created_at=CREATED, labels=labels, topk_n=5)
     report = writer(batch)
     assert report.schema == schema.WRITE_REPORT
     (path,) = tmp_path.glob("part-*.parquet")
     written = pq.read_table(path)
-    assert written.schema == schema.CLIPS  # exactly the clips schema
+    assert written.schema == schema.CLIPS_TABLE  # exactly the clips table's schema
     got = written.to_pylist()
     assert [(r["video_id"], r["clip_index"]) for r in got] == sorted(k for k in order if k[0] != "e")  # sorted
     by_key = {(r["video_id"], r["clip_index"]): r for r in batch.to_pylist()}
     for r in got:
         src = by_key[(r["video_id"], r["clip_index"])]
-        assert {k: r[k] for k in r if k not in ("model", "sampling", "created_at")} == {
-            k: src[k] for k in r if k not in ("model", "sampling", "created_at")}
+        assert r["run_id"] == "20260101T000000Z-stage0"
+        assert {k: r[k] for k in r if k not in ("model", "sampling", "created_at", "run_id")} == {
+            k: src[k] for k in r if k not in ("model", "sampling", "created_at", "run_id")}
         assert (r["model"], r["sampling"], r["created_at"]) == ("r2plus1d_18", "dense:x", CREATED)
         assert (r["embedding"] is not None) == embeddings
 
     rows = report.to_pylist()
     assert all(r["file"] == path.name for r in rows)
     (file,) = [r for r in rows if r["kind"] == "file"]
-    assert file["rows"] == 10 and file["weights"] == "random:seed=0"
+    assert file["rows"] == 10 and file["weights"] == "random:seed=0" and file["bytes"] == path.stat().st_size
+    assert json.loads(file["stats"])["minValues"]["video_id"] == "a"
     assert (file["labeled_at"], file["labeled_clips"]) == ([1000.0, 1001.0], [8, 3])  # every labeled clip
     videos = {r["video_id"]: r for r in rows if r["kind"] == "video"}
     assert {v: (r["whole"], r["num_clips"], r["status"]) for v, r in videos.items()} == {
@@ -177,13 +181,13 @@ def test_a_failed_video_keeps_no_clips_through_the_whole_chain(tmp_path, hold_cl
     step = writer_rows or labeled.num_rows
     for i in range(0, labeled.num_rows, step):
         w.add(stage(labeled.slice(i, step)))
-    staged = [v for f in (out / "_staging").rglob("clips/*.parquet") for v in pq.read_table(f).column("video_id")
+    staged = [v for f in (out / "clips").glob("part-*.parquet") for v in pq.read_table(f).column("video_id")
               .to_pylist()]
     assert ("cut" in staged) == (where == "purged at commit")
     s = w.commit(1.0)
     assert (s.videos, s.videos_ok, s.errors_by_class, s.clips) == (2, 1, {"CorruptStream": 1}, 2)
-    clips = pq.read_table(out / "clips").to_pylist()
+    clips = DeltaTable(str(out / "clips")).to_pyarrow_table().to_pylist()
     assert {c["video_id"] for c in clips} == {"good"} and len(clips) == 2
-    videos = {v["video_id"]: v for v in pq.read_table(out / "videos").to_pylist()}
+    videos = {v["video_id"]: v for v in DeltaTable(str(out / "videos")).to_pyarrow_table().to_pylist()}
     assert (videos["cut"]["status"], videos["cut"]["num_clips"], videos["cut"]["label"]) == ("error", 0, None)
     assert videos["good"]["num_clips"] == 2 and videos["good"]["label"]

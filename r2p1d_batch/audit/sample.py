@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..runs.commit import committed_runs
+from ..runs.commit import committed_files, committed_runs
 from ..storage import filesystem, join
 from .errors import AuditError
 
@@ -58,19 +58,19 @@ def stratified_sample(labels: Sequence[str], n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=int)
 
 
-def _read_run(fs, root: str, table: str, run_id: str, columns: Sequence[str]) -> Optional[pa.Table]:
-    path = join(root, table, f"run_id={run_id}")
-    files = sorted(fs.glob(join(path, "*.parquet"))) if fs.exists(path) else []
+def _read_run(fs, output: str, storage, table: str, record: dict, columns: Sequence[str]) -> Optional[pa.Table]:
+    """The rows run ``record`` wrote to ``table`` (its own files: what it labeled, whether or
+    not a later run has relabeled them since)."""
+    files = committed_files(output, table, storage, runs=[record])
     if not files:
         return None
     parts = []
     for f in files:
         with fs.open(f, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            t = pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
-        parts.append(t)
-    t = pa.concat_tables(parts)
-    return t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string()))
+            parts.append(pf.read(columns=[c for c in columns if c in pf.schema_arrow.names and c != "run_id"]))
+    t = pa.concat_tables(parts, promote_options="default")
+    return t.append_column("run_id", pa.array([record["run_id"]] * t.num_rows, pa.string()))
 
 
 def committed_clips(output: str, storage=None, run_id: Optional[str] = None) -> tuple[pa.Table, dict[str, dict]]:
@@ -78,20 +78,19 @@ def committed_clips(output: str, storage=None, run_id: Optional[str] = None) -> 
     with each video's source fingerprint at labeling time; and the runs' summaries."""
     runs = {r["run_id"]: r for r in committed_runs(output, storage)}
     if not runs:
-        raise AuditError(f"{output}: no committed runs (no {join(output, '_runs')}/run_id=*.json); "
+        raise AuditError(f"{output}: no committed runs (no Delta table {join(output, 'runs')}); "
                          f"label something first with jobs/label.py")
     if run_id is not None:
         if run_id not in runs:
             raise AuditError(f"{output}: run {run_id!r} is not committed; committed runs: {', '.join(runs)}")
         runs = {run_id: runs[run_id]}
-    fs, root = filesystem(output, storage)
-    root = root.rstrip("/")
+    fs, _ = filesystem(output, storage)
     clips, videos = [], []
-    for rid in runs:
-        c = _read_run(fs, root, "clips", rid, CLIP_COLUMNS)
+    for record in runs.values():
+        c = _read_run(fs, output, storage, "clips", record, CLIP_COLUMNS)
         if c is not None and c.num_rows:
             clips.append(c)
-            v = _read_run(fs, root, "videos", rid, VIDEO_COLUMNS)
+            v = _read_run(fs, output, storage, "videos", record, VIDEO_COLUMNS)
             if v is not None:
                 videos.append(v)
     if not clips:

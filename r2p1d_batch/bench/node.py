@@ -21,6 +21,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..runs import commit
 from . import inputs
 
 RESOLUTIONS = ("360p", "720p", "1080p")
@@ -193,7 +194,7 @@ def node_rows(seconds: int, copies: int, weights: str, inputs_dir=None, resoluti
                     rows.append({**skipped_rows([res], "")[0], "decoder": decoder,
                                  "skipped": f"jobs/label.py exit {proc.returncode}: {proc.stderr.strip()[-300:]}"})
                     continue
-                record = json.loads(sorted(out.glob("_runs/*.json"))[-1].read_text())
+                record = commit.committed_runs(str(out))[-1]
                 # the GPU path's pixels for the NVDEC settings; cpu-exact is the reference itself
                 gpu_px = {"nvdec": px, "hybrid": px, "cpu-exact": (0.0, 0.0)}.get(decoder, (None, None))
                 rows.append(node_row(res, decoder, record, busy.means(), gpu_px, copies))

@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import schema
+from ..runs import commit, tables
+from ..storage import filesystem
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path.home() / ".cache" / "r2p1d_batch" / "bench" / "scale"
@@ -96,16 +98,17 @@ def ensure_manifest(n: int, root: Path = CACHE) -> Path:
 
 
 def ensure_output(n: int, fps: dict[int, str], changed_fraction: float = 0.0, root: Path = CACHE) -> Path:
-    """A committed output of one run with a `videos` row per manifest row: fingerprints match,
-    except every round(1 / changed_fraction)-th row's, which is an older one."""
-    tag = f"out-{n}" + (f"-changed{changed_fraction:g}" if changed_fraction else "")
+    """A committed output (the Delta tables) of one run with a `videos` row per manifest row:
+    fingerprints match, except every round(1 / changed_fraction)-th row's, which is an older one."""
+    tag = f"delta-out-{n}" + (f"-changed{changed_fraction:g}" if changed_fraction else "")
     out = root / tag
-    if (out / "_runs" / f"run_id={RUN_ID}.json").exists():
+    if commit.committed_run_ids(str(out)):
         return out
     shutil.rmtree(out, ignore_errors=True)
-    part_dir = out / "videos" / f"run_id={RUN_ID}"
-    part_dir.mkdir(parents=True)
+    (out / "videos").mkdir(parents=True)
     every = round(1 / changed_fraction) if changed_fraction else 0
+    fs, _ = filesystem(str(out))
+    sch = schema.videos_table(schema.VIDEOS.append(pa.field("split", pa.string())))
     files = []
     for p, s in enumerate(range(0, n, CHUNK)):
         e = min(n, s + CHUNK)
@@ -114,19 +117,17 @@ def ensure_output(n: int, fps: dict[int, str], changed_fraction: float = 0.0, ro
         fp = fp_of_dir[idx // PER_DIR - s // PER_DIR]
         if every:
             fp = np.where(idx % every == 0, "size:0/mtime:1000000000.0", fp)
-        cols = {f.name: pa.nulls(e - s, f.type) for f in schema.VIDEOS}
+        cols = {f.name: pa.nulls(e - s, f.type) for f in sch}
         cols.update(video_id=_ids(s, e), uri=_uris(s, e, root), status=pa.array(np.full(e - s, "ok")),
                     error_class=pa.array(np.full(e - s, "")), error=pa.array(np.full(e - s, "")),
                     source_fingerprint=pa.array(fp, pa.string()), weights=pa.array(np.full(e - s, WEIGHTS)),
-                    num_clips=pa.array(np.full(e - s, 10, np.int32)), label=pa.array(np.full(e - s, "archery")))
-        t = pa.table(cols, schema=schema.VIDEOS).append_column("split", pa.array(np.array(["train", "val", "test"])[
-            idx % 3]))
-        name = f"videos/run_id={RUN_ID}/part-{p:05d}.parquet"
-        pq.write_table(t, out / name, compression="zstd")
-        files.append(name)
-    (out / "_runs").mkdir()
-    record = {"run_id": RUN_ID, "committed": True, "files": files, "videos": n, "weights": WEIGHTS}
-    (out / "_runs" / f"run_id={RUN_ID}.json").write_text(json.dumps(record))
+                    num_clips=pa.array(np.full(e - s, 10, np.int32)), label=pa.array(np.full(e - s, "archery")),
+                    split=pa.array(np.array(["train", "val", "test"])[idx % 3]),
+                    run_id=pa.array(np.full(e - s, RUN_ID)))
+        files.append(tables.write_file(fs, str(out / "videos"), f"part-{RUN_ID}-{p:05d}.parquet",
+                                       pa.table(cols, schema=sch)))
+    commit.commit_run(str(out), RUN_ID, {"run_id": RUN_ID, "committed": True, "videos": n, "weights": WEIGHTS},
+                      {"clips": (schema.CLIPS_TABLE, []), "videos": (sch, files)})
     return out
 
 
@@ -188,8 +189,7 @@ def _measure(manifest: Path, output: Path, first_rows: bool = False, timeout: fl
     if proc.returncode or line is None:
         raise RuntimeError(f"scale run failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     got = json.loads(line[len("SCALE "):])
-    if got.get("run_id"):  # a skip-all run commits an empty record: drop it, the output stays as generated
-        (output / "_runs" / f"run_id={got['run_id']}.json").unlink(missing_ok=True)
+    # a skip-all run commits a `runs` row and no data: the output's tables stay as generated
     return got
 
 

@@ -40,6 +40,8 @@ class Mode:
     scale_changed_rows: int = 1_000_000  # a 1%-changed run of this many rows (time to the first decoded rows)
     scale_repeats: int = 2
     driver_clips: int = 200_000  # write path per clip: synthetic labeled clips per case
+    # history: (videos, clips per video, nights, share relabeled a night, output.rows_per_file)
+    history: tuple[int, int, int, float, int] = (20_000, 10, 365, 0.01, 50_000)
 
 
 MODES = {
@@ -47,7 +49,7 @@ MODES = {
                  overhead_rows=20, node_seconds=4, node_copies=2, node_resolutions=("360p",),
                  levers_videos=(("360p", 4),), curate_sizes=(2_000,), curate_storage_clips=2_000,
                  scale_rows=(2_000,), scale_changed_rows=2_000, scale_repeats=1, driver_clips=2_000,
-                 curate_model=(1, 1, 1)),
+                 curate_model=(1, 1, 1), history=(200, 4, 12, 0.05, 200)),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
     # cluster: on 2 cores they equal configs/cpu.yaml; another profile's rows cost ~65 s more).
@@ -198,6 +200,13 @@ def _scale(m: Mode, ctx: Context) -> Section:
     return Section([{"part": "plan", **r} for r in plans] + [{"part": "write", **r} for r in writes], notes)
 
 
+def _history(m: Mode, ctx: Context) -> Section:
+    from .history import history_rows
+
+    videos, clips, nights, churn, rows_per_file = m.history
+    return Section(*history_rows(videos, clips, nights, churn, rows_per_file, inputs.cache_dir(ctx.inputs_dir)))
+
+
 def _curate(m: Mode, ctx: Context) -> Section:
     from .curate import curate_rows
 
@@ -209,8 +218,9 @@ def _curate(m: Mode, ctx: Context) -> Section:
 _SECTIONS: dict[str, Callable[[Mode, Context], Optional[Section]]] = {
     "decode": _decode, "sparse": _sparse, "fidelity": _fidelity, "levers": _levers, "model": _model, "e2e": _e2e,
     "memory": _memory, "overhead": _overhead, "node": _node, "curate": _curate, "scale": _scale,
+    "history": _history,
 }
-ON_REQUEST = ["curate", "scale"]  # run only when named (--only curate, --only scale): not in a default run
+ON_REQUEST = ["curate", "scale", "history"]  # run only when named (--only curate ...): not in a default run
 SECTIONS = [s for s in _SECTIONS if s not in ON_REQUEST]  # a default run's sections, in order
 
 # on_section(name, result so far, other files the section wrote)

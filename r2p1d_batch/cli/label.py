@@ -38,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
 
     summary = label(cfg)
     print(summary.text())
-    print(summary.to_json(indent=None))  # the run record, also at OUT/_runs/run_id=<id>.json
+    print(summary.to_json(indent=None))  # the run record, also in OUT/runs (its `summary`)
     return 0 if summary.committed else 1

@@ -43,6 +43,7 @@ class Todo:
     manifest: Manifest
     mask: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)  # rows per decision (incremental.DECISIONS)
+    replaced: Optional[pa.Array] = None  # video ids whose current rows this run replaces (relabels)
 
     @property
     def num_rows(self) -> int:

@@ -1,11 +1,16 @@
 """DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
 
-Only committed runs are visible (``commit.committed_runs``): the views read the data files of
-those runs and nothing else, so a half-written or killed run never shows. `videos` and
-`clips` hold the current rows: one per (video_id, source_fingerprint, weights), from the
-newest committed run that labeled it; `videos_all` and `clips_all` keep every committed run. On S3 the fsspec
-filesystem (same endpoint, credentials and retries as the job) is registered with DuckDB,
-so no httpfs extension download is needed and it works on a closed network.
+`clips` and `videos` are the output's Delta tables (runs/tables.py) at the versions the newest
+`runs` row names, read through delta-rs's Arrow dataset (DuckDB pushes filters and projections
+into it): the current rows, one labeling per video, the newest committed run's. A half-applied
+or killed run never shows. `videos_all` and `clips_all` are every committed labeling: the files
+each run wrote itself (the `runs` rows list them), and for runs whose history maintenance
+expired, their rows that are still current. On S3 the fsspec filesystem (same endpoint,
+credentials and retries as the job) is registered with DuckDB, so no httpfs extension download
+is needed and it works on a closed network.
+
+An output of the earlier layout (``_runs/run_id=*.json``, runs/legacy.py) is read as before,
+through the SQL below, until ``r2p1d migrate`` converts it.
 """
 from __future__ import annotations
 
@@ -14,16 +19,18 @@ from typing import Optional
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from .. import schema
 from ..config import StorageConfig
 from ..errors import UserError
-from ..runs.commit import committed_runs
+from ..runs import commit, legacy, tables
 from ..storage import filesystem, is_local, join
 from . import curation
 
-# -- the "current" rule and the commit records, in SQL ------------------------------------------
-# The views below and readers who bring their own DuckDB share these.
+# -- the earlier layout: its "current" rule and commit records, in SQL ----------------------------
+# The legacy views below and readers who bring their own DuckDB to such an output share these.
 # {videos}/{clips}: relations over the committed files (e.g. read_parquet([...files of
 # committed_files()], hive_partitioning = true, union_by_name = true), or the plain glob
 # joined with the records, COMMITTED_*_SQL below).
@@ -105,40 +112,95 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa
             "hive_partitioning = true, union_by_name = true)"
         )
     else:  # e.g. every video failed: no clip files, but the view still has its columns
-        con.register(f"_empty_{name}", pa.Table.from_pylist([], schema=empty.append(pa.field("run_id", pa.string()))))
+        if "run_id" not in empty.names:
+            empty = empty.append(pa.field("run_id", pa.string()))
+        con.register(f"_empty_{name}", empty.empty_table())
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
 
 
 def connect(output: str, storage: Optional[StorageConfig] = None, *, require_runs: bool = True,
             con: Optional[duckdb.DuckDBPyConnection] = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with views ``clips``, ``videos`` (current rows), ``clips_all``,
-    ``videos_all`` (every committed run) and ``runs`` over ``output``."""
-    runs = committed_runs(output, storage)
+    ``videos_all`` (every committed labeling), ``runs`` and ``segments`` over ``output``."""
+    if legacy.is_legacy(output, storage):
+        return _connect_legacy(output, storage, require_runs=require_runs, con=con)
+    runs = commit.runs_table(output, storage)
+    if not runs.num_rows and require_runs:
+        raise NoCommittedRuns(f"{output}: no committed run (no Delta table {join(output, 'runs')})")
+    fs, root = filesystem(output, storage)
+    con, prefix = _with_filesystem(con or duckdb.connect(), output, fs)
+    arrow_fs = pafs.LocalFileSystem() if is_local(output) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    records = [commit._record(r) for r in runs.to_pylist()]
+    expired = sorted(r["run_id"] for r in records if r.get("expired"))
+    for table in tables.TABLES:
+        dt = commit.committed_table(output, table, storage, runs)
+        if dt is None:
+            empty = schema.CLIPS_TABLE if table == "clips" else schema.videos_table(schema.VIDEOS)
+            con.register(f"_{table}_current", empty.empty_table())
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
+            con.execute(f"CREATE VIEW {table}_all AS SELECT * FROM _{table}_current")
+            continue
+        # DuckDB's own Parquet reader over the version's files, not delta-rs's Arrow dataset:
+        # pyarrow cannot filter files whose Arrow schema says string_view, which delta-rs's own
+        # UPDATE/MERGE write (a user's edit of the table must not break `r2p1d query`).
+        sch = pa.schema(dt.schema().to_arrow())
+        current = [prefix + p for p in commit.table_files(output, table, dt, storage)]
+        _view(con, table, current, sch)
+        live = [r for r in records if not r.get("expired")]
+        own = commit.committed_files(output, table, storage, runs=live)
+        # from_paths: no request per file here (a listing or a HEAD each on S3); files are opened when read
+        own_ds = ds.FileSystemDataset.from_paths(own, schema=sch, format=ds.ParquetFileFormat(),
+                                                 filesystem=arrow_fs)
+        con.register(f"_{table}_own", own_ds)
+        kept = ""
+        if expired:  # expired runs: only their rows that are still current
+            listing = ", ".join("'" + r + "'" for r in expired)
+            kept = f" UNION ALL BY NAME SELECT * FROM {table} WHERE run_id IN ({listing})"
+        con.execute(f"CREATE VIEW {table}_all AS SELECT * FROM _{table}_own{kept}")
+    for view in ("clips_all", "clips"):
+        curation.typed_embedding(con, view)  # embedding as FLOAT[512] (null before output.embeddings)
+    curation.create_views(con)  # segments
+    _runs_view(con, records)
+    return con
+
+
+def _with_filesystem(con: duckdb.DuckDBPyConnection, output: str, fs) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """``con`` with the output's fsspec filesystem registered (S3), and the URL prefix of its paths."""
+    if is_local(output):
+        return con, ""
+    con.register_filesystem(fs)
+    return con, (fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol) + "://"
+
+
+def _runs_view(con: duckdb.DuckDBPyConnection, records: list[dict]) -> None:
+    if records:
+        con.register("_runs", _runs_table(records))
+        con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
+    else:
+        con.execute("CREATE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+
+
+def _connect_legacy(output: str, storage: Optional[StorageConfig], *, require_runs: bool,
+                    con: Optional[duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """The views over an output of the earlier layout, as they were (its "current" rule: one row
+    per video_id, source_fingerprint and weights)."""
+    runs = legacy.committed_runs(output, storage)
     if not runs and require_runs:
         raise NoCommittedRuns(f"{output}: no committed run (no {join(output, '_runs', 'run_id=*.json')})")
     fs, root = filesystem(output, storage)
     root = root.rstrip("/")
-    con = con or duckdb.connect()
-    prefix = ""
-    if not is_local(output):
-        con.register_filesystem(fs)
-        prefix = (fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol) + "://"
+    con, prefix = _with_filesystem(con or duckdb.connect(), output, fs)
     for table, empty in (("clips", schema.CLIPS), ("videos", schema.VIDEOS)):  # -> clips_all, videos_all
         files: list[str] = []
         for r in runs:
             files += sorted(fs.glob(join(root, table, f"run_id={r['run_id']}", "*.parquet")))
         _view(con, f"{table}_all", [prefix + f for f in files], empty)
-    curation.typed_embedding(con, "clips_all")  # embedding as FLOAT[512] (null before output.embeddings)
-    # One row per (video_id, source_fingerprint, weights): the newest committed run's (incremental.py).
+    curation.typed_embedding(con, "clips_all")
     con.execute("CREATE VIEW videos AS " + CURRENT_VIDEOS_SQL.format(videos="videos_all"))
     con.execute("CREATE VIEW clips AS "
                 + CURRENT_CLIPS_SQL.format(clips="clips_all", current_videos="SELECT * FROM videos"))
-    curation.create_views(con)  # segments
-    if runs:
-        con.register("_runs", _runs_table(runs))
-        con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
-    else:
-        con.execute("CREATE VIEW runs AS SELECT NULL::VARCHAR AS run_id WHERE false")
+    curation.create_views(con)
+    _runs_view(con, runs)
     return con
 
 

@@ -3,8 +3,9 @@ staging, and a small report out: the only thing that reaches the driver.
 
 The pipeline runs ``ClipWriter`` as a map_batches stage after the classifier (a task pool, a
 quarter core per task, ``batch_rows`` rows per batch). Each call writes the batch's clip rows,
-exactly the ``clips`` schema and values the driver wrote before, sorted by (video_id,
-clip_index), to ``_staging/run_id=X/clips/part-<uuid4>.parquet``, and returns a report
+exactly the ``clips`` table's schema (run_id included), sorted by (video_id, clip_index), to
+``clips/part-<run_id>-<uuid4>.parquet`` (in the Delta table's directory, invisible to every
+reader until the run's commit adds it: runs/commit.py), and returns a report
 (schema.WRITE_REPORT): per video in the file its clip count, clip indices and the float64 sum of
 its clips' softmax; the batch's video rows without scores; the file's name and rows; and when
 its clips were labeled. The driver finishes videos from that (runs/aggregate.py, runs/writer.py):
@@ -18,8 +19,8 @@ map_batches stage streams each report to the driver as soon as its file is writt
 (``ds.iter_batches``), and the commit stays the driver's, as before (runs/commit.py).
 
 Exactly once: every call writes a new file under a fresh uuid. A retried attempt (its worker
-killed, its node lost, a lost report recomputed by Ray) writes another file; the driver publishes
-exactly the files named in the reports it received, and the others are deleted with staging.
+killed, its node lost, a lost report recomputed by Ray) writes another file; the driver commits
+exactly the files named in the reports it received, and deletes the run's other files.
 Ray hands a streaming task's outputs to the consumer once by index, even across retries; a report
 seen twice anyway is dropped by the driver (same file name).
 """
@@ -34,9 +35,9 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..decoding.faults import test_hooks
-from ..storage import bool_mask, filesystem, join
+from ..storage import bool_mask, filesystem
 from .aggregate import has_repeat, video_topk
-from .commit import clips_file_name, write_clips_file
+from .tables import DataFile, part_name, write_file
 
 # Bytes of one labeled clip row reaching the writer, measured on LABELED rows (tests/
 # test_writer_stage.py): the 400-float softmax (1.6 KB) and the 512-float embedding column
@@ -65,38 +66,41 @@ class ClipWriter:
     """map_batches fn: a LABELED batch in, its clips written as one part file, its report out.
     ``labels``: the class names (label id -> name), for the top-k of whole videos."""
 
-    def __init__(self, clips_dir: str, storage=None, *, model: str, sampling: str, created_at: datetime,
-                 labels: np.ndarray, topk_n: int):
-        self.clips_dir, self.storage = clips_dir, storage
+    def __init__(self, clips_dir: str, storage=None, *, run_id: str, model: str, sampling: str,
+                 created_at: datetime, labels: np.ndarray, topk_n: int):
+        self.clips_dir, self.storage, self.run_id = clips_dir, storage, run_id
         self.model, self.sampling, self.created_at = model, sampling, created_at
         self.labels, self.topk_n = labels, topk_n
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        name = clips_file_name()
+        name = part_name(self.run_id)
         is_clip = pc.equal(batch.column("kind"), "clip").to_numpy(zero_copy_only=False)
         clip_rows = np.flatnonzero(is_clip)  # row numbers, not a filtered copy of the batch's 4 KB rows
         videos = batch.take(np.flatnonzero(~is_clip))
         per = PerVideo.of(batch, clip_rows)
         whole = _whole(per, videos)
         keep = clip_rows[~np.isin(per.codes, whole.dropped_codes)] if len(whole.dropped_codes) else clip_rows
+        written = None
         if len(keep):
-            self._write(name, clip_table(batch, keep, self.model, self.sampling, self.created_at))
+            written = self._write(name, clip_table(batch, keep, self.model, self.sampling, self.created_at,
+                                                   self.run_id))
             hooks = test_hooks()
             if hooks:  # a test's fault injection (R2P1D_TEST_HOOKS=1 only): die before reporting
                 hooks.writer_exit(batch.column("uri").take(keep).to_pylist())
         rest = [_video_rows(name, videos, per, whole, self.labels, self.topk_n), _partial_clips(name, per, whole)]
         n = 1 + sum(t.num_rows for t in rest)
-        return pa.concat_tables([_file_row(name, batch, clip_rows, len(keep), n), *rest])
+        return pa.concat_tables([_file_row(name, batch, clip_rows, written, n), *rest])
 
-    def _write(self, name: str, table: pa.Table) -> None:
+    def _write(self, name: str, table: pa.Table) -> DataFile:
         fs, root = filesystem(self.clips_dir, self.storage)
         fs.makedirs(root, exist_ok=True)
-        write_clips_file(fs, join(root, name), table)
+        return write_file(fs, root, name, table)
 
 
-def clip_table(batch: pa.Table, rows: np.ndarray, model: str, sampling: str, created_at: datetime) -> pa.Table:
-    """The LABELED batch's clip ``rows`` -> `clips` rows (schema.CLIPS), sorted by video and clip
-    index: one take of the batch."""
+def clip_table(batch: pa.Table, rows: np.ndarray, model: str, sampling: str, created_at: datetime,
+               run_id: str) -> pa.Table:
+    """The LABELED batch's clip ``rows`` -> `clips` table rows (schema.CLIPS_TABLE), sorted by
+    video and clip index: one take of the batch."""
     keys = pa.table({k: batch.column(k).take(rows) for k, _ in SORT_KEYS})
     rows = rows[pc.sort_indices(keys, sort_keys=SORT_KEYS).to_numpy()]
     n = len(rows)
@@ -104,10 +108,12 @@ def clip_table(batch: pa.Table, rows: np.ndarray, model: str, sampling: str, cre
         "model": pa.repeat(pa.scalar(model, pa.string()), n),
         "sampling": pa.repeat(pa.scalar(sampling, pa.string()), n),
         "created_at": pa.repeat(pa.scalar(created_at, schema.CLIPS.field("created_at").type), n),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
     }
     taken = batch.select([f.name for f in schema.CLIPS if f.name not in constant]).take(rows)
-    columns = [constant[f.name] if f.name in constant else taken.column(f.name) for f in schema.CLIPS]
-    return pa.Table.from_arrays(columns, schema=schema.CLIPS)
+    columns = [constant[f.name] if f.name in constant else taken.column(f.name).cast(f.type)
+               for f in schema.CLIPS_TABLE]
+    return pa.Table.from_arrays(columns, schema=schema.CLIPS_TABLE)
 
 
 @dataclass
@@ -171,11 +177,14 @@ def _whole(per: PerVideo, videos: pa.Table) -> Whole:
     return Whole(whole, codes, ok, codes[whole & here & ~ok])
 
 
-def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: int, report_rows: int) -> pa.Table:
+def _file_row(name: str, batch: pa.Table, clip_rows: np.ndarray, written: DataFile | None,
+              report_rows: int) -> pa.Table:
     labeled_at = batch.column("labeled_at").to_numpy()[clip_rows]
     times, counts = np.unique(labeled_at, return_counts=True)
     first = {k: batch.column(k)[int(clip_rows[0])].as_py() for k in ("weights", "runtime")} if len(clip_rows) else {}
-    return _rows(1, kind="file", file=name, rows=[written], report_rows=[report_rows], weights=[first.get("weights")],
+    return _rows(1, kind="file", file=name, rows=[written.rows if written else 0], report_rows=[report_rows],
+                 bytes=[written.size if written else 0], stats=[written.stats if written else None],
+                 weights=[first.get("weights")],
                  runtime=[first.get("runtime")], labeled_at=[times.tolist()], labeled_clips=[counts.tolist()])
 
 

@@ -1,9 +1,10 @@
-"""Which manifest rows a run labels, from the committed videos rows ("incremental" runs).
+"""Which manifest rows a run labels, from the current videos rows ("incremental" runs).
 
-"Current" rule: over committed runs, the newest row per (video_id, source_fingerprint,
-weights) -- a forced relabel supersedes older rows of the same key, and clips follow their
-video row (joined on run_id, video_id). Older runs stay in place as history. The same rule
-in SQL is in query/views.py.
+"Current" rule: one labeling per video, the newest committed run's. The `videos` Delta table
+holds exactly those rows (a run that relabels a video removes its earlier rows in the same
+commit: runs/commit.py), so the selection reads the table's current files; earlier labelings
+are history (the tables' versions, `videos_all`). An output of the earlier layout, read through
+its run records, gives the newest row per video the same way (``current``).
 
 Per manifest row, the run's decision (``select``): skipped (a committed row for the same key:
 ok, or error in incremental mode), new (video_id never committed), changed (committed, but for
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..storage import filesystem
-from .commit import committed_files, committed_runs
+from .commit import current_files
 from .fingerprints import fingerprints as _fingerprints
 
 KEY = ("video_id", "source_fingerprint", "weights")
@@ -39,31 +40,34 @@ DECISIONS = (NEW, CHANGED, RETRIED, FORCED, SKIP)
 CODE = {d: np.int8(i) for i, d in enumerate(DECISIONS)}
 
 
-def _committed_files(output: str, storage) -> list[tuple[str, str]]:
-    """(run_id, path) of the committed videos files, oldest run first, each run's files in its
-    record's order: the order in which a later row supersedes an earlier one of the same key."""
-    return [(r["run_id"], p) for r in committed_runs(output, storage)
-            for p in committed_files(output, "videos", storage, runs=[r])]
+def _committed_files(output: str, storage) -> list[str]:
+    """The current videos files (for the earlier layout: every committed run's, oldest first,
+    the order in which a later row supersedes an earlier one of the same video)."""
+    return current_files(output, "videos", storage)
 
 
 def committed_videos(output: str, storage=None, columns=(*KEY, "status")) -> pa.Table:
-    """``columns`` + run_id of every committed videos row (small columns only)."""
+    """``columns`` + run_id of every current videos row (small columns only)."""
     fs, _ = filesystem(output, storage)
     parts = []
-    for run_id, path in _committed_files(output, storage):
-        t = pq.read_table(path, filesystem=fs, columns=list(columns))
-        parts.append(t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string())))
+    for path in _committed_files(output, storage):
+        has_run_id = "run_id" in pq.read_schema(path, filesystem=fs).names
+        t = pq.read_table(path, filesystem=fs, columns=[*columns, "run_id"] if has_run_id else list(columns))
+        if not has_run_id:  # the earlier layout: the Hive partition
+            run_id = path.rsplit("/run_id=", 1)[1].split("/", 1)[0]
+            t = t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string()))
+        parts.append(t.select([*columns, "run_id"]))
     if not parts:
         return pa.table({**{c: pa.array([], pa.string()) for c in columns}, "run_id": pa.array([], pa.string())})
     return pa.concat_tables(parts)
 
 
 # -- the specification: dicts, one per row --------------------------------------------------------
-def current(videos: pa.Table) -> dict[tuple, dict]:
-    """The "current" rule on the driver: key -> newest committed row (by run_id)."""
-    out: dict[tuple, dict] = {}
+def current(videos: pa.Table) -> dict[str, dict]:
+    """The "current" rule on the driver: video_id -> its newest committed row (by run_id)."""
+    out: dict[str, dict] = {}
     for row in sorted(videos.to_pylist(), key=lambda r: r["run_id"]):
-        out[tuple(row[k] for k in KEY)] = row
+        out[row["video_id"]] = row
     return out
 
 
@@ -75,7 +79,9 @@ def select(video_ids: list[str], fingerprints: list[Optional[str]], weights: str
     seen = set(committed.column("video_id").to_pylist()) if committed.num_rows else set()
     out = []
     for vid, fp in zip(video_ids, fingerprints):
-        row = cur.get((vid, fp, weights))
+        row = cur.get(vid)
+        if row is not None and (row["source_fingerprint"], row["weights"]) != (fp, weights):
+            row = None  # the current labeling is of another source version or other weights
         if row is None:
             out.append(CHANGED if vid in seen else NEW)
         elif row["status"] == "ok":
@@ -238,7 +244,7 @@ def decide_keys(keys: Keys, video_ids: pa.ChunkedArray, weights: str, output: st
     if not keys.filled.all():
         raise ValueError(f"{int((~keys.filled).sum())} manifest rows have no fingerprint key")
     fs, _ = filesystem(output, storage)
-    files = [path for _, path in _committed_files(output, storage)]
+    files = _committed_files(output, storage)
     con = keys.con
     s_hi, s_lo, s_ok = _current_keys(con, fs, files, weights)
     idx = _find(keys.hi, keys.lo, s_hi, s_lo)
@@ -283,6 +289,12 @@ def _seen(con, fs, files: list[str], video_ids: pa.ChunkedArray) -> np.ndarray:
     out = np.zeros(len(order), bool)
     out[order] = hit
     return out
+
+
+def replaced(codes: np.ndarray, video_ids: pa.ChunkedArray) -> pa.Array:
+    """The video ids whose current rows this run replaces: changed, retried and forced rows."""
+    rows = np.flatnonzero(np.isin(codes, [CODE[CHANGED], CODE[RETRIED], CODE[FORCED]]))
+    return take_rows(video_ids, rows)
 
 
 def counts(codes: np.ndarray) -> dict[str, int]:

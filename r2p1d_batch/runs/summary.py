@@ -48,6 +48,8 @@ class RunSummary:
     config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
     committed_at: str = ""
     files: list = field(default_factory=list)  # data files of this run, relative to the output root
+    # output.maintain.after_label: what the maintenance after the commit did (not in the record)
+    maintenance: dict = field(default_factory=dict)
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         return json.dumps(asdict(self), indent=indent, sort_keys=True)
@@ -70,6 +72,12 @@ class RunSummary:
             chosen = ", ".join(f"{k}={v}" for k, v in z["chosen"].items()) or "nothing (all set by you)"
             lines.append(f"  sized for {z['cluster']['CPU']:g} CPU / {z['cluster']['GPU']:g} GPU: {chosen}; "
                          f"{z['decode_slots']} decode task(s) at once, {z['model_threads']} model thread(s) per actor")
+        if self.maintenance:
+            m = self.maintenance
+            files = m.get("files", {})
+            lines.append(f"  maintained: {m['error']}" if "error" in m else
+                         f"  maintained: clips {files.get('clips', 0)} files, videos {files.get('videos', 0)} files; "
+                         f"{len(m['expired_runs'])} runs expired ({m['wall_sec']:.1f} s)")
         if self.random_weights:
             lines.append("  !! RANDOM WEIGHTS: these labels are meaningless (smoke run); every row says so !!")
         return "\n".join(lines)

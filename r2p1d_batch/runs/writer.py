@@ -30,6 +30,7 @@ from .aggregate import Finished, VideoAggregator, VideoClips, VideoRows, video_t
 from .clip_writer import REPORT_VIDEO_COLUMNS, ClipWriter
 from .commit import StagedRun
 from .summary import RunSummary
+from .tables import DataFile
 
 MANIFEST_KEYS = ("video_id", "uri", "start_sec", "end_sec")  # manifest columns that are not extras
 VIDEO_LABEL_COLUMNS = ["label", "score", "topk_labels", "topk_scores"]
@@ -88,7 +89,7 @@ class RunWriter:
         self.clock = ArrivalClock(time.time() if started is None else started)
         self.model_info: Optional[tuple[str, str]] = None  # (weights, runtime) of the first labeled clips
         self.duplicates_dropped = 0  # reports delivered a second time (same file), dropped whole
-        self._files: dict[str, int] = {}  # clip part files reported: name -> rows (0: no file)
+        self._files: dict[str, Optional[DataFile]] = {}  # clip part files reported: name -> file (None: no rows)
         self._purge: dict[str, set[str]] = {}  # file -> failed videos whose clips it holds
         self._parts: dict[int, pa.Table] = {}  # reports' video rows, while some are not flushed
         self._unflushed: dict[int, int] = {}  # part -> its rows not flushed yet
@@ -100,8 +101,8 @@ class RunWriter:
 
     def clip_writer(self) -> ClipWriter:
         """The writer stage's function for this run (runs on the workers)."""
-        return ClipWriter(self.staged.clips_url, self.storage, model=MODEL_NAME, sampling=self.sampling,
-                          created_at=self.created_at, labels=self.labels, topk_n=self.topk_n)
+        return ClipWriter(self.staged.clips_url, self.storage, run_id=self.run_id, model=MODEL_NAME,
+                          sampling=self.sampling, created_at=self.created_at, labels=self.labels, topk_n=self.topk_n)
 
     # -- streaming in ---------------------------------------------------------------------
     def add(self, block: pa.Table) -> None:
@@ -137,8 +138,9 @@ class RunWriter:
             self._finished(self.aggregator.add(self._clips(name, clips), self._videos(videos)))
 
     def _file_rows(self, files: pa.Table) -> None:
-        for f in files.select(["file", "rows", "weights", "runtime", "labeled_at", "labeled_clips"]).to_pylist():
-            self._files[f["file"]] = f["rows"]
+        for f in files.select(["file", "rows", "bytes", "stats", "weights", "runtime", "labeled_at",
+                               "labeled_clips"]).to_pylist():
+            self._files[f["file"]] = DataFile(f["file"], f["bytes"], f["rows"], f["stats"]) if f["rows"] else None
             if f["weights"] and self.model_info is None:
                 self.model_info = (f["weights"], f["runtime"])
             for t, n in zip(f["labeled_at"] or [], f["labeled_clips"] or []):
@@ -224,7 +226,9 @@ class RunWriter:
             s.videos_by_decoder[d] = s.videos_by_decoder.get(d, 0) + n
         for e, n in _counts(rows.column("error_class").filter(pc.invert(ok))).items():
             s.errors_by_class[e] = s.errors_by_class.get(e, 0) + n
-        self.staged.videos.write(self._videos_table(rows))
+        videos = self._videos_table(rows)
+        run_id = pa.repeat(pa.scalar(self.run_id), videos.num_rows)
+        self.staged.videos.write(videos.append_column(schema.RUN_ID, run_id))
 
     def _finished_rows(self, done: Finished) -> pa.Table:
         """Videos finished here (not whole in one file): their report rows with the final clip
@@ -272,8 +276,9 @@ class RunWriter:
         return videos
 
     # -- commit ---------------------------------------------------------------------------
-    def commit(self, wall_sec: float) -> RunSummary:
-        """Publish the accepted files, then put the run record: the run is visible from that put."""
+    def commit(self, wall_sec: float, replaced: Optional[pa.Array] = None, map_files=None) -> RunSummary:
+        """Commit the run (commit.StagedRun.commit): its accepted files in, the earlier rows of the
+        videos ``replaced`` (relabeled this run) out; visible from the commit record's put."""
         if self._incoming:
             raise RuntimeError(f"run {self.run_id}: reports of {sorted(self._incoming)[:10]} arrived in part: "
                                "not committing")
@@ -297,19 +302,19 @@ class RunWriter:
         s.committed_at = datetime.now(timezone.utc).isoformat()
         record = asdict(s)
         record.pop("files")
-        s.files = self.staged.commit(record, clip_files)
+        s.files = self.staged.commit(record, clip_files, replaced, map_files)
         return s
 
-    def _clip_files(self) -> list[str]:
-        """The clips files to publish: every reported file with rows, those holding clips of
+    def _clip_files(self) -> list[DataFile]:
+        """The clips files to commit: every reported file with rows, those holding clips of
         failed videos rewritten without them (rare: a video past the decode stage's hold bound
         that then failed)."""
         out = []
-        for name, rows in sorted(self._files.items()):
+        for name, written in sorted(self._files.items()):
             if name in self._purge:
-                name, rows = self.staged.drop_videos(name, self._purge[name])
-            if rows:
-                out.append(name)
+                name, written = self.staged.drop_videos(name, self._purge[name])
+            if written is not None:
+                out.append(written)
         return out
 
     def abort(self) -> None:
