@@ -76,7 +76,7 @@ class SamplingConfig(_Section):
 class NvdecConfig(_Section):
     # The NVDEC lane (decode.device auto|cuda on a cluster with GPUs): decode actors holding a
     # fractional GPU, beside the CPU decode tasks. Defaults are placeholders until measured on a
-    # GPU node (README "GPU decode").
+    # GPU node (docs/gpu.md).
     library: Literal["auto", "pynvvideocodec", "torchcodec"] = "auto"  # auto: the first importable
     share: float = Field(0.5, ge=0, le=1)  # fraction of the videos sent to the NVDEC lane
     concurrency: Concurrency = 1  # NVDEC decode actors (each holds one reusable decoder)
@@ -104,7 +104,7 @@ class DecodeConfig(_Section):
     # Lossy: skip H.264/HEVC's in-loop deblocking filter (12-27 % less decoding) for videos whose
     # shorter side is at least this many pixels (null: never, 0: always). Its artefacts mostly
     # vanish in the model's downscale: inside the fidelity budget from 720 px (5.6x) up, not at
-    # 360 px (README "Cheaper decode"). configs/cluster.yaml sets 720.
+    # 360 px (docs/performance.md). configs/cluster.yaml sets 720.
     skip_loop_filter_min_side: Optional[int] = Field(None, ge=0)
     # FFmpeg decoder options (AVOptions), for what the switches above do not cover, e.g.
     # {flags2: "+fast"}. Unknown names are ignored by FFmpeg.

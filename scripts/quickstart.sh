@@ -19,13 +19,6 @@ fi
 $R2P1D label "$SAMPLE/manifest.parquet" --output "$SAMPLE/out" \
   --set model.weights=$WEIGHTS --set ray.progress_bars=false --log-level WARNING
 echo
-echo "== DuckDB: SELECT label, count(*) ... FROM '$SAMPLE/out/clips/**/*.parquet'"
-$PY - "$SAMPLE/out" <<'PYEOF'
-import sys, duckdb
-out = sys.argv[1]
-con = duckdb.connect()
-con.sql(f"SELECT label, count(*) AS clips, round(avg(score), 4) AS avg_score, any_value(weights) AS weights "
-        f"FROM read_parquet('{out}/clips/**/*.parquet', hive_partitioning=true) GROUP BY label ORDER BY clips DESC").show()
-con.sql(f"SELECT video_id, status, num_clips, label, error FROM read_parquet('{out}/videos/**/*.parquet', "
-        f"hive_partitioning=true, union_by_name=true) ORDER BY status DESC, video_id").show(max_width=160)
-PYEOF
+echo "== r2p1d query: the current rows of the committed Delta tables (any Delta reader sees the same)"
+$R2P1D query "$SAMPLE/out" "SELECT label, count(*) AS clips, round(avg(score), 4) AS avg_score, any_value(weights) AS weights FROM clips GROUP BY label ORDER BY clips DESC"
+$R2P1D query "$SAMPLE/out" "SELECT video_id, status, num_clips, label, error FROM videos ORDER BY status DESC, video_id"

@@ -4,7 +4,7 @@ Two runtimes behind one class, sharing loading, softmax and top-k:
 - ``torch``: PyTorch; on CUDA with autocast (bf16/fp16), channels_last_3d and cudnn benchmark.
 - ``onnxruntime``: the exported graph (normalisation inside it, uint8 in) on ONNX Runtime's
   CPU provider, with the same logits (max |d| ~3e-7); measured on a 2-core Xeon, 1.67x
-  PyTorch eager at 1 thread and 1.15x at 2 (README, Performance).
+  PyTorch eager at 1 thread and 1.15x at 2 (docs/performance.md).
 ``model.runtime=auto`` picks onnxruntime on CPU actors and torch on CUDA actors.
 
 A CPU actor given its weights id (the driver's) whose ONNX export is already cached opens the

@@ -151,7 +151,7 @@ def nvdec_available(env: Optional[dict] = None, *, cuda: Optional[Callable[[], b
         if importlib.util.find_spec(name) is not None:
             return Availability(True, "", name)
     return Availability(False, f"no NVDEC decoder library importable (tried {', '.join(libraries)}; "
-                               "GPU images install one, see README 'GPU decode')")
+                               "GPU images install one, see docs/gpu.md)")
 
 
 # -- decode.device, resolved on the driver --------------------------------------------------

@@ -4,7 +4,7 @@
                                                                                   -> union -> classifier
     NVDEC lane: manifest rows -> NvdecDecodeStage (actors, fractional GPU each)  /
 
-The shape wired here is the first candidate of README "GPU decode": a fractional-GPU decode actor
+The shape wired here is the first candidate of docs/gpu.md: a fractional-GPU decode actor
 pool beside the CPU decode tasks. The other candidate, NVDEC inside the classifier actor (no
 pixels through the object store, but decode and the model then share one process and one
 schedule), is not built; the choice is left to measurement on a GPU node.

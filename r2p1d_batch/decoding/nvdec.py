@@ -4,7 +4,7 @@ path (decode.VideoSource), with the frames decoded by the GPU's NVDEC engines.
     NOT YET RUN ON A GPU. Everything below ``GpuFrames`` needs a CUDA device, libnvcuvid and a
     decoder library, none of which the development machines have; it is written against the
     libraries' documented APIs and must be run and measured on a GPU node before anyone relies
-    on it (README "GPU decode": what remains). What runs on a CPU, and is tested there:
+    on it (docs/gpu.md: what remains). What runs on a CPU, and is tested there:
     ``packet_times`` and ``plan_frames`` (which source frame each clip slot shows, checked
     against the CPU path's own choice on real files) and the pixel maths in colour.py.
 

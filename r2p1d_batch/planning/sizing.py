@@ -12,8 +12,8 @@ Only keys the user did not set (``Config.explicit``: a profile, ``--set``) are s
   what fits (``decode.concurrency``), so Ray Data reserves the writer its share. On 2 cores this
   is ``configs/cpu.yaml``: decode 0.25, one classifier actor with 1.5 (2 threads), writer 0.25.
 - **GPU cluster**: one GPU classifier actor (``model.num_gpus=1``; a node is decode-bound by
-  two orders of magnitude, README "Sizing") sharing a core with the writer (0.75 + 0.25), and
-  every other core decodes, one task per core.
+  two orders of magnitude, docs/performance.md, "Sizing a GPU cluster") sharing a core with the
+  writer (0.75 + 0.25), and every other core decodes, one task per core.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ tiled matrix product (BLAS sgemm on unit vectors, so the dot product is the cosi
 DuckDB's per-pair ``array_inner_product`` in a self-join measured ~0.23 M pairs/s on 2 cores:
 about 6 hours for 100k clips, against seconds per 100k here. Cost is O(n^2 * 512) flops and
 O(n * 512 * 4) bytes plus one tile; ``r2p1d bench --only curate`` measures it, and
-README ("Curate") says how to go past one machine.
+docs/curate.md ("Past one machine") says how to go past one machine.
 """
 from __future__ import annotations
 
