@@ -145,6 +145,17 @@ def plan(cfg: Config, manifest: Manifest, weights: str) -> Todo:
                 incremental.replaced(codes, manifest.video_id))
 
 
+def classifier_args(cfg: Config, weights_id: str | None) -> dict:
+    """What a classifier actor is constructed from, and rebuilt from when Ray restarts it (a lost
+    node, a killed process): the frozen config and the weights id, a few KiB, no ObjectRef and no
+    model. The actor loads the weights and the ONNX graph itself (``model.weights``, the export
+    cache), so a restart depends on nothing the driver holds. Ray Data wraps these in its own
+    MapTransformer and DataContext, which it ``ray.put``s once per operator and keeps referenced
+    for the whole execution: that, not these arguments, is what Ray's "constructor arguments in
+    the object store" line at the pool's start is about (docs/runs.md, "Faults inside a run")."""
+    return {"cfg": cfg, "weights_id": weights_id}
+
+
 def label(cfg: Config) -> RunSummary:
     t0 = time.perf_counter()
     # Storage settings resolved here (config, else AWS env) travel to the workers inside cfg.
@@ -287,7 +298,7 @@ def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     ds = ds.map_batches(
         ClassifierActor,
-        fn_constructor_kwargs={"cfg": cfg, "weights_id": weights},  # the model loads on a thread
+        fn_constructor_kwargs=classifier_args(cfg, weights),  # the model loads on a thread
         batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
         compute=actor_pool(cfg.model.concurrency),
