@@ -157,6 +157,10 @@ class ModelConfig(_Section):
     # and custom Ray resources per actor.
     label_selector: dict[str, str] = {}
     resources: dict[str, float] = {}
+    # A graph directory written by `r2p1d quantize` (local or s3://): CPU actors run its int8
+    # graph instead of the fp32 one. The driver refuses one whose report is missing, missed its
+    # budget or was built for other weights (docs/int8.md). null: fp32.
+    int8: Optional[str] = None
 
     _conc = field_validator("concurrency", mode="before")(_check_concurrency)
     _labels = field_validator("label_selector", mode="before")(_check_labels)
@@ -173,6 +177,26 @@ class ModelConfig(_Section):
         if not v.strip():
             raise ValueError("weights must be kinetics400, random or a checkpoint path")
         return v.strip()
+
+
+class QuantizeConfig(_Section):
+    # `r2p1d quantize MANIFEST --output DIR` (docs/int8.md): clips decoded from the manifest with
+    # the job's own decode and sampling, split by video into calibration and held-out clips.
+    calibration_clips: int = Field(16, ge=1, le=10_000)
+    holdout_clips: int = Field(32, ge=1, le=100_000)
+    clips_per_video: int = Field(4, ge=1)  # at most this many from one video, spread over it
+    seed: int = 0  # which videos, in which order
+    # ORT's calibration: entropy (KL divergence of each activation's histogram; the best
+    # agreement measured here), minmax (fastest to build), percentile.
+    method: Literal["entropy", "minmax", "percentile"] = "entropy"
+    per_channel: bool = True  # int8 weights scaled per output channel
+    reduce_range: bool = False  # 7-bit weights (ORT's remedy for u8s8 saturation on CPUs without VNNI)
+    head_fp32: bool = True  # keep the classifier head (fc) in fp32
+    # The budget the int8 graph must reach on the held-out clips (mean over clips), else
+    # `quantize` exits 1 and `label` refuses the graph.
+    min_top1: float = Field(0.98, ge=0, le=1)
+    min_logits_cosine: float = Field(0.999, ge=-1, le=1)
+    min_embedding_cosine: float = Field(0.99, ge=-1, le=1)
 
 
 class StorageConfig(_Section):
@@ -286,6 +310,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     output: OutputConfig = OutputConfig()
     audit: AuditConfig = AuditConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     # Dotted keys the user set (a profile's YAML, --set, the command's own options), as opposed
     # to the shipped defaults: sizing.py sizes only what the user left to it. Set by load().
     _explicit: frozenset = PrivateAttr(default_factory=frozenset)

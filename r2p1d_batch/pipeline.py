@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 from ray.data.exceptions import ExecutionTimeoutError
 
+from .classifying import int8
 from .classifying.stage import ClassifierActor
 from .classifying.weights import WeightsError, kinetics_available, kinetics_checkpoint_path, weights_id
 from .config import Config
@@ -70,6 +71,23 @@ def check_weights(cfg: Config) -> None:
     fs, path = filesystem(spec, cfg.storage)
     if not fs.exists(path):
         raise WeightsError(f"checkpoint not found: {spec}")
+
+
+def check_int8(cfg: Config, weights: str) -> dict | None:
+    """model.int8: the graph's report when this run may use it (classifying/int8.check: the
+    report exists, met its budget, names these weights and this graph), else Int8Error (exit 2)
+    before any work. None without model.int8."""
+    if not cfg.model.int8:
+        return None
+    m = cfg.model
+    if m.num_gpus > 0 or m.device == "cuda" or m.runtime == "torch":
+        raise int8.Int8Error(f"model.int8={m.int8} runs on CPU actors with onnxruntime, not with "
+                             f"model.num_gpus={m.num_gpus:g}, device={m.device}, runtime={m.runtime}: "
+                             f"unset model.int8 on GPU classifiers")
+    report = int8.check(m.int8, weights, cfg.storage)
+    if report.get("random_weights"):
+        log.warning("model.int8=%s: %s", m.int8, int8.RANDOM_NOTE)
+    return report
 
 
 def init_ray(cfg: Config) -> None:
@@ -145,7 +163,7 @@ def plan(cfg: Config, manifest: Manifest, weights: str) -> Todo:
                 incremental.replaced(codes, manifest.video_id))
 
 
-def classifier_args(cfg: Config, weights_id: str | None) -> dict:
+def classifier_args(cfg: Config, weights_id: str | None, runtime: str | None = None) -> dict:
     """What a classifier actor is constructed from, and rebuilt from when Ray restarts it (a lost
     node, a killed process): the frozen config and the weights id, a few KiB, no ObjectRef and no
     model. The actor loads the weights and the ONNX graph itself (``model.weights``, the export
@@ -153,7 +171,7 @@ def classifier_args(cfg: Config, weights_id: str | None) -> dict:
     MapTransformer and DataContext, which it ``ray.put``s once per operator and keeps referenced
     for the whole execution: that, not these arguments, is what Ray's "constructor arguments in
     the object store" line at the pool's start is about (docs/runs.md, "Faults inside a run")."""
-    return {"cfg": cfg, "weights_id": weights_id}
+    return {"cfg": cfg, "weights_id": weights_id, "runtime": runtime}
 
 
 def label(cfg: Config) -> RunSummary:
@@ -164,6 +182,7 @@ def label(cfg: Config) -> RunSummary:
     manifest = read_manifest(cfg.manifest, cfg.storage)
     check_weights(cfg)
     weights = weights_id(cfg.model.weights, cfg.model.seed, cfg.storage)
+    int8_report = check_int8(cfg, weights)
     run_id = new_run_id()
 
     # Stage 0a (driver): committed runs a killed driver left half-applied are rolled forward,
@@ -198,9 +217,14 @@ def label(cfg: Config) -> RunSummary:
     s.mode, s.manifest_rows, s.weights, s.sizing = cfg.run.mode, manifest.num_rows, weights, sized
     for decision, n in counts.items():  # videos_new, videos_changed, ..., videos_skipped
         setattr(s, f"videos_{decision}", n)
+    runtime = None
+    if int8_report is not None:
+        runtime = s.runtime = int8.runtime_id(int8_report)
+        s.int8 = int8.summary(cfg.model.int8, int8_report)
     try:
         if todo.num_rows:
-            reports = _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights, clip_writer=writer.clip_writer())
+            reports = _labeled(cfg, todo, run_id, s, sized["decode_slots"], weights, runtime,
+                               clip_writer=writer.clip_writer())
             for report in reports:
                 writer.add(report)
         summary = writer.commit(time.perf_counter() - t0, todo.replaced, map_files=on_cluster)
@@ -261,7 +285,8 @@ def _stalled_message(cfg: Config, run_id: str) -> str:
 
 
 def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = None,
-             decode_slots: int = 1, weights: str | None = None, *, clip_writer: ClipWriter):
+             decode_slots: int = 1, weights: str | None = None, runtime: str | None = None, *,
+             clip_writer: ClipWriter):
     init_ray(cfg)
     _configure_data(cfg)
     # decode.device against this cluster: cpu (PyAV only, the pipeline below unchanged) or cuda
@@ -298,7 +323,7 @@ def _labeled(cfg: Config, todo: Todo, run_id: str, summary: RunSummary | None = 
     # Stage 3: classify (N:N; actor pool, GPU or CPU). Pixels stop here; scores go on.
     ds = ds.map_batches(
         ClassifierActor,
-        fn_constructor_kwargs=classifier_args(cfg, weights),  # the model loads on a thread
+        fn_constructor_kwargs=classifier_args(cfg, weights, runtime),  # the model loads on a thread
         batch_size=cfg.model.effective_batch_size,
         batch_format="pyarrow",
         compute=actor_pool(cfg.model.concurrency),

@@ -5,7 +5,9 @@ Two runtimes behind one class, sharing loading, softmax and top-k:
 - ``onnxruntime``: the exported graph (normalisation inside it, uint8 in) on ONNX Runtime's
   CPU provider, with the same logits (max |d| ~3e-7); measured on a 2-core Xeon, 1.67x
   PyTorch eager at 1 thread and 1.15x at 2 (docs/performance.md).
-``model.runtime=auto`` picks onnxruntime on CPU actors and torch on CUDA actors.
+``model.runtime=auto`` picks onnxruntime on CPU actors and torch on CUDA actors. With
+``model.int8=DIR`` a CPU actor runs the int8 graph ``r2p1d quantize`` wrote there instead
+(int8.py; never torch, logits and embedding from the same graph).
 
 A CPU actor given its weights id (the driver's) whose ONNX export is already cached opens the
 session and never imports torch: ~6 s and ~0.5 GiB less per actor start.
@@ -89,6 +91,9 @@ class ClipClassifier:
         self.cfg, self.embeddings = cfg, embeddings  # embeddings: also the pooled 512-d feature (embeddings.py)
         self.threads = max(1, round(cfg.num_cpus))
         self.labels = categories()
+        if cfg.int8:
+            self._open_int8(storage)
+            return
         cached = cached_cpu_graph(cfg, weights_id, embeddings)
         if cached is not None:
             self.weights_id, self.is_random = weights_id, is_random(weights_id)
@@ -130,6 +135,19 @@ class ClipClassifier:
         from .export import cached_export
 
         self._open_ort(cached_export(loaded.module, self.weights_id, graph=cpu_graph(self.embeddings)))
+
+    def _open_int8(self, storage) -> None:
+        """The int8 graph of ``model.int8`` (its report checked by the driver: weights, budget,
+        sha256). CPU only: ONNX Runtime's integer kernels are the CPU provider's."""
+        from . import int8
+
+        if self.cfg.device == "cuda" or self.cfg.num_gpus > 0 or self.cfg.runtime == "torch":
+            raise int8.Int8Error("model.int8 runs on CPU actors (onnxruntime): unset it for GPU or torch actors")
+        report = int8.read_report(self.cfg.int8, storage)
+        self.weights_id, self.is_random = report["weights"], is_random(report["weights"])
+        self.backend = "onnxruntime"
+        self._open_ort(int8.local_graph(self.cfg.int8, report, storage))
+        self.runtime = int8.runtime_id(report)
 
     def _open_ort(self, path: Path) -> None:
         self.session = cpu_session(path, self.threads)  # round(model.num_cpus) threads

@@ -32,11 +32,12 @@ def planned_runtime(m: ModelConfig) -> str:
 class ClassifierActor:
     """Actor-pool stage: clips in (uint8), scores out; video rows pass through."""
 
-    def __init__(self, cfg: Config, weights_id: str | None = None):
+    def __init__(self, cfg: Config, weights_id: str | None = None, runtime: str | None = None):
         self.cfg = cfg
         # What video rows record while the model loads: the driver's weights id (model.weights_id,
-        # the id load_model records) and the planned runtime; the loaded model's once it is up.
-        self.weights_id, self.runtime = weights_id, planned_runtime(cfg.model)
+        # the id load_model records) and runtime (``runtime``: the driver's, for an int8 graph
+        # whose id comes from its report; else planned here); the loaded model's once it is up.
+        self.weights_id, self.runtime = weights_id, runtime or planned_runtime(cfg.model)
         self._error: BaseException | None = None
         self._loader = threading.Thread(target=self._load, name="load-model", daemon=True)
         self._loader.start()

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..errors import UserError
-from . import audit, bench, demo, export, fetch_weights, label, maintain, migrate, query, report, sample
+from . import audit, bench, demo, export, fetch_weights, label, maintain, migrate, quantize, query, report, sample
 from .args import LOG_FORMAT
 
-COMMANDS = (label, query, maintain, migrate, report, audit, export, bench, demo, sample, fetch_weights)
+COMMANDS = (label, query, maintain, migrate, report, audit, quantize, export, bench, demo, sample, fetch_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,8 @@ class RunSummary:
     config: dict = field(default_factory=dict)  # the validated run config, for audits and reruns
     committed_at: str = ""
     files: list = field(default_factory=list)  # data files of this run, relative to the output root
+    # model.int8: the graph (path, calibration, its agreement with fp32 and the budget; int8.summary)
+    int8: dict = field(default_factory=dict)
     # output.maintain.after_label: what the maintenance after the commit did (not in the record)
     maintenance: dict = field(default_factory=dict)
 
@@ -78,6 +80,11 @@ class RunSummary:
             lines.append(f"  maintained: {m['error']}" if "error" in m else
                          f"  maintained: clips {files.get('clips', 0)} files, videos {files.get('videos', 0)} files; "
                          f"{len(m['expired_runs'])} runs expired ({m['wall_sec']:.1f} s)")
+        if self.int8:
+            a = self.int8["agreement"]
+            lines.append(f"  int8 graph {self.int8['path']}: agreement with fp32 on {a['clips']} held-out clips: "
+                         f"top-1 {a['top1']:.3f}, logits cosine {a['logits_cosine']:.4f}"
+                         + (" (MEANINGLESS: random weights)" if self.int8.get("random_weights") else ""))
         if self.random_weights:
             lines.append("  !! RANDOM WEIGHTS: these labels are meaningless (smoke run); every row says so !!")
         return "\n".join(lines)
