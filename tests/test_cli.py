@@ -19,8 +19,8 @@ from r2p1d_batch.errors import ServiceError, UserError
 from tests.helpers import REPO
 from tests.helpers.videos import make_video
 
-SUBCOMMANDS = ["label", "query", "maintain", "migrate", "report", "audit", "export", "bench", "demo", "sample",
-               "fetch-weights"]
+SUBCOMMANDS = ["label", "query", "maintain", "migrate", "report", "audit", "quantize", "export", "bench", "demo",
+               "sample", "fetch-weights"]
 
 
 @pytest.fixture(scope="module")

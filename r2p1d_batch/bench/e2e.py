@@ -126,3 +126,45 @@ def e2e_rows(videos: list[Path], overrides: list[str], profiles: list[Path | Non
              "slowest stage = min(decode alone, model alone at the profile's runtime and threads; its warm-up "
              "batch excluded); max_vs_naive = slowest stage / naive loop, the most vs_naive can be on this machine"]
     return rows, notes
+
+
+def int8_job_rows(videos: list[Path], overrides: list[str]) -> tuple[list[dict], list[str]]:
+    """`--config cpu` with and without ``model.int8`` on the same videos, one after the other on
+    the same machine: `r2p1d quantize` on the videos' own clips first (its build not counted),
+    then each label run on a fresh local Ray, start-up included (as a nightly job pays it)."""
+    import ray
+
+    from ..pipeline import label
+    from ..quantizing import quantize
+
+    with tempfile.TemporaryDirectory(prefix="r2p1d-bench-int8-") as tmp:
+        manifest = write_manifest(videos, Path(tmp) / "manifest.parquet")
+        base = config_mod.load("cpu", ["ray.progress_bars=false", *overrides], manifest=str(manifest))
+        t = time.perf_counter()
+        built = quantize(base, str(Path(tmp) / "int8"))
+        build_s = time.perf_counter() - t
+        rows = []
+        for name, extra in (("fp32", []), ("int8", [f"model.int8={Path(tmp) / 'int8'}"])):
+            cfg = config_mod.load("cpu", ["ray.progress_bars=false", *overrides, *extra], manifest=str(manifest),
+                                  **{"output.path": str(Path(tmp) / f"out-{name}")})
+            t = time.perf_counter()
+            summary = label(cfg)
+            wall = time.perf_counter() - t
+            ray.shutdown()
+            rows.append({"what": f"pipeline.label [cpu, {name}]", "runtime": summary.runtime, "clips": summary.clips,
+                         "clips_per_s": summary.clips / wall, "wall_s": wall, "first_clip_s": summary.first_clip_sec,
+                         "steady_clips_per_s": summary.steady_clips_per_sec})
+    fp32, q = rows
+    q["vs_fp32"] = q["clips_per_s"] / fp32["clips_per_s"]
+    if fp32["steady_clips_per_s"] and q["steady_clips_per_s"]:
+        q["steady_vs_fp32"] = q["steady_clips_per_s"] / fp32["steady_clips_per_s"]
+    a = built.report["agreement"]
+    notes = [f"{len(videos)} videos; overrides: {' '.join(overrides)}; the int8 graph built by r2p1d quantize in "
+             f"{build_s:.0f} s ({built.report['quantization']['method']}, {built.report['calibration']['clips']} "
+             f"calibration clips; held-out agreement top-1 {a['top1']:.3f}, logits cosine {a['logits_cosine']:.5f}"
+             + (", random weights: meaningless" if built.report["random_weights"] else "") + ")",
+             "clips_per_s: the whole label run on a fresh local Ray, start-up included; "
+             "steady: RunSummary.steady_clips_per_sec"]
+    if q["vs_fp32"] < 1:
+        notes.append("int8 is SLOWER than fp32 on this CPU end to end: keep fp32 here (no model.int8)")
+    return rows, notes

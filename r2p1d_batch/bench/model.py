@@ -73,6 +73,9 @@ def runtime_rows(batch: int, threads: int, min_seconds: float, min_batches: int,
                                      f"model.num_cpus={threads}"])
         clf = ClipClassifier(cfg.model)
         add(clf.runtime, clf.logits)
+        fp32_cps = rows[-1]["clips_per_s"]
+        add("onnxruntime-cpu-int8 (QDQ, per-channel, fc fp32)", int8_logits(loaded.module, x, threads))
+        rows[-1]["vs_onnxruntime_fp32"] = rows[-1]["clips_per_s"] / fp32_cps
     if torch.cuda.is_available():
         # CUDA rows: achieved GFLOP/s only; the CPU sgemm peak says nothing about a GPU.
         for amp in ("bf16", "fp16", "none"):
@@ -87,7 +90,31 @@ def runtime_rows(batch: int, threads: int, min_seconds: float, min_batches: int,
     base = rows[0]["clips_per_s"]
     for r in rows:
         r["vs_eager"] = r["clips_per_s"] / base
+    int8_rows = [r for r in rows if "vs_onnxruntime_fp32" in r]
     notes = [f"{gflop:.1f} GFLOP per clip (2 x multiply-adds of Conv3d + Linear, 16x112x112); gflops = clips_per_s "
              f"x that; sgemm peak = best torch {2048}^3 fp32 matmul at the same threads",
              needed_note(rows[0]["gflops"], peak, threads)]
+    if int8_rows:
+        notes.append("int8: the graph `r2p1d quantize` builds (classifying/int8.py), calibrated here on the bench's "
+                     "random clips with minmax (speed does not depend on the calibration; its agreement does: "
+                     "docs/int8.md); gflops and pct_of_sgemm_peak count its int8 work as fp32 flops")
+        if any(r["vs_onnxruntime_fp32"] < 1 for r in int8_rows):
+            notes.append("int8 is SLOWER than fp32 on this CPU: keep fp32 here (no model.int8)")
     return rows, notes
+
+
+def int8_logits(module, clips: np.ndarray, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The int8 graph of ``module`` (built as `r2p1d quantize` does, calibrated on ``clips``), as
+    a logits function on one ONNX Runtime session with ``threads`` threads."""
+    import tempfile
+    from pathlib import Path
+
+    from ..classifying.export import export_onnx
+    from ..classifying.int8 import head_nodes, quantize_graph
+    from ..classifying.ort import INPUT_NAME, cpu_session
+
+    with tempfile.TemporaryDirectory(prefix="r2p1d-bench-int8-") as tmp:
+        fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", graph="uint8+embedding")
+        graph = quantize_graph(fp32, Path(tmp) / "int8.onnx", clips[:4], method="minmax", fp32_nodes=head_nodes(fp32))
+        sess = cpu_session(graph, threads)  # the session holds the graph: the file may go
+    return lambda c: sess.run(None, {INPUT_NAME: np.ascontiguousarray(c, np.uint8)})[0]

@@ -42,6 +42,8 @@ class Mode:
     driver_clips: int = 200_000  # write path per clip: synthetic labeled clips per case
     # history: (videos, clips per video, nights, share relabeled a night, output.rows_per_file)
     history: tuple[int, int, int, float, int] = (20_000, 10, 365, 0.01, 50_000)
+    # int8 (on request): --config cpu with and without model.int8 over these videos
+    int8_videos: tuple[tuple[str, int], ...] = (("360p", 30),) * 6
 
 
 MODES = {
@@ -49,7 +51,7 @@ MODES = {
                  overhead_rows=20, node_seconds=4, node_copies=2, node_resolutions=("360p",),
                  levers_videos=(("360p", 4),), curate_sizes=(2_000,), curate_storage_clips=2_000,
                  scale_rows=(2_000,), scale_changed_rows=2_000, scale_repeats=1, driver_clips=2_000,
-                 curate_model=(1, 1, 1), history=(200, 4, 12, 0.05, 200)),
+                 curate_model=(1, 1, 1), history=(200, 4, 12, 0.05, 200), int8_videos=(("360p", 4),) * 2),
     # quick: ~3 minutes on 2 idle cores, most of it in the model. e2e runs 4 x 10 clips (the writer
     # gets one block per video: a steady rate needs a few) with the defaults only (sized to the
     # cluster: on 2 cores they equal configs/cpu.yaml; another profile's rows cost ~65 s more).
@@ -207,6 +209,15 @@ def _history(m: Mode, ctx: Context) -> Section:
     return Section(*history_rows(videos, clips, nights, churn, rows_per_file, inputs.cache_dir(ctx.inputs_dir)))
 
 
+def _int8(m: Mode, ctx: Context) -> Section:
+    from .e2e import int8_job_rows
+
+    # One cached input per (kind, seconds), each a manifest row of its own (as e2e): the graph's
+    # held-out clips may then repeat calibration clips; this section measures speed.
+    return Section(*int8_job_rows([ctx.video(v) for v in m.int8_videos],
+                                  [f"model.weights={ctx.weights}", *_SMALL_RAY]))
+
+
 def _curate(m: Mode, ctx: Context) -> Section:
     from .curate import curate_rows
 
@@ -218,9 +229,9 @@ def _curate(m: Mode, ctx: Context) -> Section:
 _SECTIONS: dict[str, Callable[[Mode, Context], Optional[Section]]] = {
     "decode": _decode, "sparse": _sparse, "fidelity": _fidelity, "levers": _levers, "model": _model, "e2e": _e2e,
     "memory": _memory, "overhead": _overhead, "node": _node, "curate": _curate, "scale": _scale,
-    "history": _history,
+    "history": _history, "int8": _int8,
 }
-ON_REQUEST = ["curate", "scale", "history"]  # run only when named (--only curate ...): not in a default run
+ON_REQUEST = ["curate", "scale", "history", "int8"]  # run only when named (--only curate ...): not in a default run
 SECTIONS = [s for s in _SECTIONS if s not in ON_REQUEST]  # a default run's sections, in order
 
 # on_section(name, result so far, other files the section wrote)

@@ -20,7 +20,9 @@ machine, keyed by its sha256). Nothing here imports torch except ``build``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -175,12 +177,14 @@ def quantize_graph(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ca
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             tmp_out = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-            quantize_static(
-                str(pre), str(tmp_out), _Clips(calibration), quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=list(fp32_nodes),
-                extra_options={"CalibStridedMinMax": 1}, calibration_providers=["CPUExecutionProvider"],
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print() progress
+                quantize_static(
+                    str(pre), str(tmp_out), _Clips(calibration), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    nodes_to_exclude=list(fp32_nodes), extra_options={"CalibStridedMinMax": 1},
+                    calibration_providers=["CPUExecutionProvider"],
+                )
             tmp_out.replace(out_path)
     finally:
         root.removeFilter(_ort_chatter)

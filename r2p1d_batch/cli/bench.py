@@ -3,7 +3,8 @@ overhead; node on a GPU node). `--only curate` measures what curation costs (the
 embedding output, its bytes per clip, the duplicate report at scale) and `--only scale` what the
 driver costs at collection size (a skip-all nightly rerun of 1M/3M/10M rows: wall and peak RSS;
 a 1%-changed run to its first decoded rows; the write path per clip on the driver and on the
-workers); both run only when named.
+workers); `--only int8` a label run with `--config cpu` with and without `model.int8` on the
+same videos (`r2p1d quantize` first); these and `--only history` run only when named.
 
   r2p1d bench [--quick|--tiny] [--gpu-only] [--only SECTION] [--out bench.json]
 
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu-only", action="store_true", help="only the model stage (CUDA rows when a GPU exists)")
     p.add_argument("--node-out", help="node section's JSON (default: bench-gpu.json beside --out; GPU node only)")
     p.add_argument("--only", action="append", choices=SECTIONS + ON_REQUEST,
-                   help="run only these sections (repeatable; curate and scale run only when named)")
+                   help="run only these sections (repeatable; curate, scale, history and int8 run only when named)")
     p.add_argument("--threads", type=int, default=1, help="decoder threads for ours, ffmpeg and decord (default 1)")
     p.add_argument("--weights", default="random", help="model weights (kinetics400 when cached)")
     p.add_argument("--inputs", help="directory for the cached input videos")
