@@ -89,7 +89,8 @@ def test_bench_tiny_smoke(tmp_path):
     model = res["sections"]["model"]
     *runtimes, roof = model["rows"]
     assert [x["runtime"] for x in runtimes] == ["torch-cpu-fp32 (eager)", "torch-cpu-fp32 channels_last_3d",
-                                                "onnxruntime-cpu-fp32"]
+                                                "onnxruntime-cpu-fp32",
+                                                "onnxruntime-cpu-int8 (QDQ, per-channel, fc fp32)"]
     for x in runtimes:
         assert x["batches"] >= 1 and x["gflops"] == pytest.approx(x["clips_per_s"] * model_gflop_per_clip())
         assert x["pct_of_sgemm_peak"] == pytest.approx(100 * x["gflops"] / roof["gflops"])

@@ -19,7 +19,7 @@ LAYERS = {
     "classifying": 2,
     "runs": 3,
     "planning": 4, "query": 4, "curate": 4, "audit": 4,
-    "pipeline": 5,
+    "pipeline": 5, "quantizing": 5,
     "bench": 6, "cli": 6, "__main__": 6,
 }
 

@@ -63,7 +63,7 @@ class Agreement:
 
 def agreement(ref_logits: np.ndarray, ref_emb: np.ndarray, logits: np.ndarray, emb: np.ndarray) -> Agreement:
     """How closely ``logits``/``emb`` (int8) follow ``ref_logits``/``ref_emb`` (fp32), row by row."""
-    from .classifier import softmax, topk
+    from .scores import softmax, topk
 
     def cosine(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
