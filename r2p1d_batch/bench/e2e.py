@@ -139,7 +139,10 @@ def int8_job_rows(videos: list[Path], overrides: list[str]) -> tuple[list[dict],
 
     with tempfile.TemporaryDirectory(prefix="r2p1d-bench-int8-") as tmp:
         manifest = write_manifest(videos, Path(tmp) / "manifest.parquet")
-        base = config_mod.load("cpu", ["ray.progress_bars=false", *overrides], manifest=str(manifest))
+        # This section measures speed: the graph's agreement is reported in the notes but does not
+        # gate the run (random weights have no margins, so a budget would fail on noise).
+        gate_off = ["quantize.min_top1=0", "quantize.min_logits_cosine=-1", "quantize.min_embedding_cosine=-1"]
+        base = config_mod.load("cpu", ["ray.progress_bars=false", *overrides, *gate_off], manifest=str(manifest))
         t = time.perf_counter()
         built = quantize(base, str(Path(tmp) / "int8"))
         build_s = time.perf_counter() - t
@@ -162,7 +165,7 @@ def int8_job_rows(videos: list[Path], overrides: list[str]) -> tuple[list[dict],
     notes = [f"{len(videos)} videos; overrides: {' '.join(overrides)}; the int8 graph built by r2p1d quantize in "
              f"{build_s:.0f} s ({built.report['quantization']['method']}, {built.report['calibration']['clips']} "
              f"calibration clips; held-out agreement top-1 {a['top1']:.3f}, logits cosine {a['logits_cosine']:.5f}"
-             + (", random weights: meaningless" if built.report["random_weights"] else "") + ")",
+             + (", random weights: meaningless" if built.report["random_weights"] else "") + "; no budget applied here)",
              "clips_per_s: the whole label run on a fresh local Ray, start-up included; "
              "steady: RunSummary.steady_clips_per_sec"]
     if q["vs_fp32"] < 1:
