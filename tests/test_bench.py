@@ -225,3 +225,20 @@ def test_bench_scale_section_measures_the_plan_and_the_write_path(tmp_path, caps
     assert 0 < changed["execution_start_s"] <= changed["first_rows_s"]
     writes = [r for r in rows if r["part"] == "write"]
     assert len(writes) == 7 and all(r["driver_us_per_clip"] > 0 for r in writes)
+
+
+@pytest.mark.slow
+def test_history_section_keeps_one_labeling_per_video_and_maintenance_bounds_the_files(tmp_path):
+    from r2p1d_batch.bench.history import history_rows
+
+    rows, notes = history_rows(120, 2, 6, 0.1, 60, tmp_path, maintain_every=2)
+    first, last, maintained = rows
+    assert [r["clip_rows"] for r in rows] == [240, 240, 240]  # relabels replace rows, never add
+    assert last["nightly_bytes_rewritten_median"] > 0 and last["driver_peak_rss_gib"] > 0
+    assert last["nightly_commit_s_median"] >= last["nightly_driver_own_s_median"] > 0
+    assert "maintain_between_nights_s_median" in last and "every 2 nights" in notes[0]
+    # the final maintain compacted and vacuumed (at this size the version it keeps for the newest
+    # run holds a whole table's worth of files: the 1.2x figure is measured at scale, docs/tables.md)
+    assert last["files_on_disk"] > maintained["files_on_disk"] and last["bytes_on_disk"] > maintained["bytes_on_disk"]
+    assert maintained["data_files"] <= first["data_files"]
+    assert maintained["expired_runs"] >= 1

@@ -165,7 +165,8 @@ def int8_job_rows(videos: list[Path], overrides: list[str]) -> tuple[list[dict],
     notes = [f"{len(videos)} videos; overrides: {' '.join(overrides)}; the int8 graph built by r2p1d quantize in "
              f"{build_s:.0f} s ({built.report['quantization']['method']}, {built.report['calibration']['clips']} "
              f"calibration clips; held-out agreement top-1 {a['top1']:.3f}, logits cosine {a['logits_cosine']:.5f}"
-             + (", random weights: meaningless" if built.report["random_weights"] else "") + "; no budget applied here)",
+             + (", random weights: meaningless" if built.report["random_weights"] else "")
+             + "; no budget applied here)",
              "clips_per_s: the whole label run on a fresh local Ray, start-up included; "
              "steady: RunSummary.steady_clips_per_sec"]
     if q["vs_fp32"] < 1:
