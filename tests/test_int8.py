@@ -1,13 +1,16 @@
 """The int8 CPU graph: agreement arithmetic, `r2p1d quantize` on a real (small) manifest, the
 driver's refusals (exit 2, one error line, nothing written), an s3:// graph directory on moto,
-and a label run on the graph. One graph is built per module (minmax on a few clips, ~20 s)."""
+and a label run on the graph. One graph is built per test session, shared by the xdist workers
+(minmax on a few clips, ~20 s)."""
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from filelock import FileLock
 
 from r2p1d_batch import config
 from r2p1d_batch.classifying import int8
@@ -42,19 +45,37 @@ def test_spread_takes_evenly_from_a_video():
     assert spread(30, 4).tolist() == [0, 10, 19, 29]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("int8")
-    uris = [str(make_video(d / f"v{i}.mp4", n_frames=40, fps=15, pattern="noise", seed=i)) for i in range(4)]
-    pq.write_table(pa.table({"uri": uris + [str(d / "missing.mp4")]}), d / "m.parquet")
-    return d
+def _shared_dir(tmp_path_factory, worker_id: str):
+    """A directory the xdist workers of this session share (the graph is built once, not per worker)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
 
 
 @pytest.fixture(scope="module")
-def graph(corpus):
-    cfg = config.load(None, SMALL, manifest=str(corpus / "m.parquet"))
-    built = quantize(cfg, str(corpus / "graph"), threads=2)
-    return corpus / "graph", built
+def corpus_and_graph(tmp_path_factory, worker_id):
+    d = _shared_dir(tmp_path_factory, worker_id) / "int8-corpus"
+    with FileLock(f"{d}.lock"):
+        if not (d / "built.json").exists():
+            d.mkdir(exist_ok=True)
+            uris = [str(make_video(d / f"v{i}.mp4", n_frames=40, fps=15, pattern="noise", seed=i)) for i in range(4)]
+            pq.write_table(pa.table({"uri": uris + [str(d / "missing.mp4")]}), d / "m.parquet")
+            cfg = config.load(None, SMALL, manifest=str(d / "m.parquet"))
+            built = quantize(cfg, str(d / "graph"), threads=2)
+            # what quantize returned, beside the report it wrote (the first test compares them)
+            (d / "built.json").write_text(json.dumps({"report": built.report, "passed": built.passed}))
+    returned = json.loads((d / "built.json").read_text())
+    return d, SimpleNamespace(report=returned["report"], passed=returned["passed"])
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_and_graph):
+    return corpus_and_graph[0]
+
+
+@pytest.fixture(scope="module")
+def graph(corpus_and_graph):
+    d, built = corpus_and_graph
+    return d / "graph", built
 
 
 def test_quantize_writes_the_graph_and_a_report_from_the_manifests_own_clips(graph):
