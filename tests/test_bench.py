@@ -231,7 +231,7 @@ def test_bench_scale_section_measures_the_plan_and_the_write_path(tmp_path, caps
 def test_history_section_keeps_one_labeling_per_video_and_maintenance_bounds_the_files(tmp_path):
     from r2p1d_batch.bench.history import history_rows
 
-    rows, notes = history_rows(120, 2, 6, 0.1, 60, tmp_path, maintain_every=2)
+    rows, notes = history_rows(120, 2, 5, 0.1, 60, tmp_path, maintain_every=2, workers=1)
     first, last, maintained = rows
     assert [r["clip_rows"] for r in rows] == [240, 240, 240]  # relabels replace rows, never add
     assert last["nightly_bytes_rewritten_median"] > 0 and last["driver_peak_rss_gib"] > 0
