@@ -91,6 +91,21 @@ def applied_seq(dt) -> int:
     return int(dt.transaction_version(APP_ID) or 0) if dt is not None else 0
 
 
+def read_small(dt, table_dir: str, fs) -> pa.Table:
+    """The rows of a small table version (`runs`): each of its data files fetched whole, one GET
+    each on S3 (its size is in the add action: no HEAD), then conformed to the table's schema (a
+    column older files lack: nulls). ``table_dir``: the table's fs path. For tables without
+    deletion vectors or column mapping, as the job's are."""
+    sch = pa.schema(dt.schema().to_arrow())
+    files = data_files(dt)
+    parts = []
+    for path, size in zip(files.column("path").to_pylist(), files.column("size_bytes").to_pylist()):
+        t = pq.read_table(pa.BufferReader(fs.cat_file(join(table_dir, path), start=0, end=int(size))))
+        parts.append(pa.table([t.column(f.name).cast(f.type) if f.name in t.column_names
+                               else pa.nulls(t.num_rows, f.type) for f in sch], schema=sch))
+    return pa.concat_tables(parts) if parts else sch.empty_table()
+
+
 def data_files(dt) -> pa.Table:
     """The table version's files: path (relative to the table), size_bytes, num_records and the
     flattened statistics (min.video_id, max.video_id, ...)."""
