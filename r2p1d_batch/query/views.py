@@ -1,8 +1,9 @@
 """DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
 
 `clips` and `videos` are the output's Delta tables (runs/tables.py) at the versions the newest
-`runs` row names, their files read as Arrow datasets (``view_schema``; DuckDB pushes filters and
-projections into them): the current rows, one labeling per video, the newest committed run's.
+`runs` row names, their files read by DuckDB's Parquet reader (local) or as Arrow datasets (S3:
+``view_schema``; DuckDB pushes filters and projections into them): the current rows, one
+labeling per video, the newest committed run's.
 A half-applied or killed run never shows. `videos_all` and `clips_all` are every committed
 labeling: the files each run wrote itself (the `runs` rows list them), and for runs whose
 history maintenance expired, their rows that are still current. On S3 the fsspec filesystem
@@ -134,11 +135,11 @@ def _as_views(t: pa.DataType) -> pa.DataType:
 
 
 def view_schema(sch: pa.Schema) -> pa.Schema:
-    """The Arrow schema the views read a table's files with: the table's columns, run_id last (as
-    the job writes them), every string a string_view. pyarrow filters a file by its own
-    statistics in the file's types: with plain strings in the dataset schema a filter on a file
-    that delta-rs's UPDATE/MERGE wrote (string_view) fails (docs/tables.md); with string_view
-    here both kinds filter (tests/test_s3.py)."""
+    """The Arrow schema of the views' datasets (`clips_all`, `videos_all`; `clips`, `videos` on
+    S3): the table's columns, run_id last (as the job writes them), every string a string_view.
+    pyarrow filters a file by its own statistics in the file's types: with plain strings in the
+    dataset schema a filter on a file that delta-rs's UPDATE/MERGE wrote (string_view) fails
+    (docs/tables.md); with string_view here both kinds filter (tests/test_s3.py)."""
     fields = [f for f in sch if f.name != schema.RUN_ID.name] + [f for f in sch if f.name == schema.RUN_ID.name]
     return pa.schema([f.with_type(_as_views(f.type)) for f in fields])
 
@@ -157,8 +158,8 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
     ``videos_all`` (every committed labeling), ``runs`` and ``segments`` over ``output``.
 
     What it reads: a listing of the output root (the earlier layout?), the three Delta logs
-    (delta-rs: the latest checkpoint and the commits after it) and the `runs` table's file; no
-    data file of `clips` or `videos` (the views open them when a query reads them)."""
+    (delta-rs: the latest checkpoint and the commits after it) and the `runs` table's file; on
+    S3 no data file of `clips` or `videos` (the views open them when a query reads them)."""
     if legacy.is_legacy(output, storage):
         return _connect_legacy(output, storage, require_runs=require_runs, con=con)
     runs = commit.runs_table(output, storage)
@@ -177,13 +178,18 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
             con.execute(f"CREATE VIEW {table}_all AS SELECT * FROM _{table}_current")
             continue
-        # The version's files as an Arrow dataset, not delta-rs's own (whose string columns make
-        # pyarrow fail a filter on files delta-rs's UPDATE/MERGE wrote: view_schema), nor DuckDB's
-        # read_parquet (it opens every file at bind time, and again at each bind of a view on
-        # it: HEADs and a GET per file and bind through fsspec on S3; docs/tables.md).
         sch = pa.schema(dt.schema().to_arrow())
-        con.register(f"_{table}_current", _dataset(commit.table_files(output, table, dt, storage), sch, arrow_fs))
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
+        current = commit.table_files(output, table, dt, storage)
+        if is_local(output):
+            # DuckDB's own Parquet reader: it opens every file at each bind of a view on it, a
+            # few syscalls each here, and scans 2-3x faster than through an Arrow dataset.
+            _view(con, table, current, sch)
+        else:
+            # An Arrow dataset (view_schema), not read_parquet: through fsspec every open of a
+            # file is HEADs and a GET (docs/tables.md); nor delta-rs's own dataset, whose string
+            # columns make pyarrow fail a filter on files delta-rs's UPDATE/MERGE wrote.
+            con.register(f"_{table}_current", _dataset(current, sch, arrow_fs))
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
         live = [r for r in records if not r.get("expired")]
         own = commit.committed_files(output, table, storage, runs=live)
         con.register(f"_{table}_own", _dataset(own, sch, arrow_fs))
