@@ -285,3 +285,88 @@ def test_query_without_a_committed_run_says_so(tmp_path, s3_env):
     s3_env.bucket("empty-out")
     res = _query("s3://empty-out/labels", _job_env(s3_env), "SELECT 1")
     assert res.returncode == 2 and "no committed run" in res.stderr, res.stderr
+
+
+# -- query.connect on an S3 output after many nights: its requests counted --------------------------
+def _nights(out, first: int, last: int, videos: int = 12, clips_per_video: int = 2, churn: int = 3) -> None:
+    """Nights ``first``..``last - 1`` committed locally through the job's own commit
+    (runs/commit.py), rows written directly as the writer stage writes them (no decoding): night 0
+    labels every video, each later one relabels ``churn`` of them (their earlier rows rewritten away)."""
+    import numpy as np
+
+    from r2p1d_batch.bench.history import _night
+
+    for night in range(first, last):
+        rng = np.random.default_rng(night)
+        ix = np.arange(videos) if night == 0 else rng.choice(videos, churn, replace=False)
+        _night(out, f"2025{1 + night // 28:02d}{1 + night % 28:02d}T000000Z-n{night:05d}", ix, clips_per_video,
+               1000, rng, relabel=night > 0)
+
+
+def _upload(s3, out, bucket: str, prefix: str) -> str:
+    """The output's files as they are (the Delta logs' paths are relative), into moto's backend."""
+    s3.put_many(bucket, {f"{prefix}/{p.relative_to(out)}": p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    return f"s3://{bucket}/{prefix}"
+
+
+CURRENT = "SELECT video_id, clip_index, clip_sha, label, run_id FROM clips ORDER BY video_id, clip_index"
+
+
+def test_connect_on_s3_reads_three_delta_logs_and_nothing_that_grows_with_the_nights(s3_env, s3_proxy, tmp_path):
+    """query.connect's requests on an S3 output: a listing of the root (the earlier layout?), the
+    `runs` file, and each table's Delta log (delta-rs 1.6: its `_last_checkpoint`, a listing and
+    the checkpoint, 13 requests); as many after 2 nights as after 20, no data file of `clips` or
+    `videos` opened and no JSON commit read; the views' rows are the local output's."""
+    s3_env.bucket("nights")
+    storage = config_mod.StorageConfig(endpoint_url=s3_proxy.endpoint)
+    out = tmp_path / "out"
+    counts = {}
+    for first, last in ((0, 2), (2, 20)):
+        _nights(out, first, last)
+        output = _upload(s3_env, out, "nights", f"labels-{last}")
+        s3_proxy.reset()
+        con = query.connect(output, storage)
+        lines = list(s3_proxy.request_lines)
+        counts[last] = len(lines)
+        paths = [line.split()[1] for line in lines]
+        assert not [p for p in paths if "/clips/part-" in p or "/videos/part-" in p], lines  # no data file
+        assert not [p for p in paths if p.endswith(".json")], lines  # checkpoints current: no commit read
+        for table in ("runs", "clips", "videos"):
+            assert sum(f"/{table}/_delta_log/" in p or f"{table}%2F_delta_log" in p for p in paths) <= 13, lines
+        assert con.sql("SELECT count(*) FROM runs").fetchall() == [(last,)]
+    print("query.connect requests on S3:", counts)
+    assert counts[20] <= counts[2] <= 41, counts  # measured: 41 (1 listing, 1 GET of `runs`' file, 3 x 13 delta-rs)
+    local = query.connect(str(out))
+    assert con.sql(CURRENT).fetchall() == local.sql(CURRENT).fetchall()
+    assert con.sql("SELECT count(*), count(DISTINCT video_id) FROM videos").fetchall() == [(12, 12)]
+    assert con.sql("SELECT count(*), count(DISTINCT video_id) FROM clips").fetchall() == [(24, 12)]
+    everything = "SELECT count(*), count(DISTINCT run_id) FROM clips_all"
+    assert con.sql(everything).fetchall() == local.sql(everything).fetchall()
+    newest = {"r": con.sql("SELECT max(run_id) FROM runs").fetchall()[0][0]}
+    relabeled = "SELECT video_id FROM videos WHERE run_id = $r ORDER BY 1"  # a filter pushed into the files
+    assert con.sql(relabeled, params=newest).fetchall() == local.sql(relabeled, params=newest).fetchall() != []
+
+
+def test_views_filter_the_files_a_delta_rs_update_wrote(s3_env, tmp_path):
+    """A user's UPDATE of the tables (delta-rs writes those files with string_view columns): the
+    views still filter on string columns, locally and on S3, and read what delta-rs reads."""
+    from deltalake import DeltaTable
+
+    out = tmp_path / "out"
+    _nights(out, 0, 3)
+    for table in ("clips", "videos"):
+        DeltaTable(str(out / table)).update({"uri": "replace(uri, 's3://bucket/', 's3://moved/')"},
+                                            predicate="video_id <= 'v00000005'")
+    rewritten = next((out / "clips").glob("part-0*.parquet"))  # delta-rs's name, not the job's part-<run_id>-...
+    assert pq.read_schema(rewritten).field("uri").type == pa.string_view()
+    s3_env.bucket("updated")
+    for output in (str(out), _upload(s3_env, out, "updated", "labels")):
+        con = query.connect(output, config_mod.StorageConfig(endpoint_url=s3_env.endpoint))
+        moved = con.sql("SELECT video_id, clip_index FROM clips WHERE uri LIKE 's3://moved/%' ORDER BY ALL").fetchall()
+        assert moved == [(f"v{i:08d}", c) for i in range(6) for c in range(2)]
+        assert con.sql("SELECT count(*) FROM clips WHERE video_id = 'v00000003'").fetchall() == [(2,)]
+        assert con.sql("SELECT count(*) FROM clips WHERE uri = 's3://moved/videos/00000003'").fetchall() == [(2,)]
+        assert con.sql("SELECT count(*) FROM videos WHERE video_id IN ('v00000001', 'v00000011')").fetchall() == [(2,)]
+        theirs = DeltaTable(str(out / "clips")).to_pyarrow_table()
+        assert con.sql("SELECT count(*) FROM clips").fetchall() == [(theirs.num_rows,)]
+        assert con.sql("SELECT count(*) FROM clips_all WHERE video_id = 'v00000003'").fetchall()[0][0] >= 2

@@ -1,13 +1,14 @@
 """DuckDB over a run output (local or s3://): views `clips`, `videos` and `runs`, plus reports.
 
 `clips` and `videos` are the output's Delta tables (runs/tables.py) at the versions the newest
-`runs` row names, read through delta-rs's Arrow dataset (DuckDB pushes filters and projections
-into it): the current rows, one labeling per video, the newest committed run's. A half-applied
-or killed run never shows. `videos_all` and `clips_all` are every committed labeling: the files
-each run wrote itself (the `runs` rows list them), and for runs whose history maintenance
-expired, their rows that are still current. On S3 the fsspec filesystem (same endpoint,
-credentials and retries as the job) is registered with DuckDB, so no httpfs extension download
-is needed and it works on a closed network.
+`runs` row names, their files read by DuckDB's Parquet reader (local) or as Arrow datasets (S3:
+``view_schema``; DuckDB pushes filters and projections into them): the current rows, one
+labeling per video, the newest committed run's.
+A half-applied or killed run never shows. `videos_all` and `clips_all` are every committed
+labeling: the files each run wrote itself (the `runs` rows list them), and for runs whose
+history maintenance expired, their rows that are still current. On S3 the fsspec filesystem
+(same endpoint, credentials and retries as the job) is registered with DuckDB, so no httpfs
+extension download is needed and it works on a closed network.
 
 An output of the earlier layout (``_runs/run_id=*.json``, runs/legacy.py) is read as before,
 through the SQL below, until ``r2p1d migrate`` converts it.
@@ -118,17 +119,54 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
 
 
+def _as_views(t: pa.DataType) -> pa.DataType:
+    """``t`` with string_view for every string, nested ones included."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.string_view()
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_as_views(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_as_views(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_as_views(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(_as_views(t.key_type), t.item_field.with_type(_as_views(t.item_type)))
+    return t
+
+
+def view_schema(sch: pa.Schema) -> pa.Schema:
+    """The Arrow schema of the views' datasets (`clips_all`, `videos_all`; `clips`, `videos` on
+    S3): the table's columns, run_id last (as the job writes them), every string a string_view.
+    pyarrow filters a file by its own statistics in the file's types: with plain strings in the
+    dataset schema a filter on a file that delta-rs's UPDATE/MERGE wrote (string_view) fails
+    (docs/tables.md); with string_view here both kinds filter (tests/test_s3.py)."""
+    fields = [f for f in sch if f.name != schema.RUN_ID.name] + [f for f in sch if f.name == schema.RUN_ID.name]
+    return pa.schema([f.with_type(_as_views(f.type)) for f in fields])
+
+
+def _dataset(files: list[str], sch: pa.Schema, arrow_fs) -> ds.Dataset:
+    """The files as one Arrow dataset with the table's schema: built ``from_paths``, so no request
+    per file here (a listing or a footer each on S3); each file is opened when a query reads it,
+    and a column it lacks reads as null."""
+    return ds.FileSystemDataset.from_paths(files, schema=view_schema(sch), format=ds.ParquetFileFormat(),
+                                           filesystem=arrow_fs)
+
+
 def connect(output: str, storage: Optional[StorageConfig] = None, *, require_runs: bool = True,
             con: Optional[duckdb.DuckDBPyConnection] = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with views ``clips``, ``videos`` (current rows), ``clips_all``,
-    ``videos_all`` (every committed labeling), ``runs`` and ``segments`` over ``output``."""
+    ``videos_all`` (every committed labeling), ``runs`` and ``segments`` over ``output``.
+
+    What it reads: a listing of the output root (the earlier layout?), the three Delta logs
+    (delta-rs: the latest checkpoint and the commits after it) and the `runs` table's file; on
+    S3 no data file of `clips` or `videos` (the views open them when a query reads them)."""
     if legacy.is_legacy(output, storage):
         return _connect_legacy(output, storage, require_runs=require_runs, con=con)
     runs = commit.runs_table(output, storage)
     if not runs.num_rows and require_runs:
         raise NoCommittedRuns(f"{output}: no committed run (no Delta table {join(output, 'runs')})")
     fs, root = filesystem(output, storage)
-    con, prefix = _with_filesystem(con or duckdb.connect(), output, fs)
+    con, _ = _with_filesystem(con or duckdb.connect(), output, fs)
     arrow_fs = pafs.LocalFileSystem() if is_local(output) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     records = [commit._record(r) for r in runs.to_pylist()]
     expired = sorted(r["run_id"] for r in records if r.get("expired"))
@@ -140,18 +178,21 @@ def connect(output: str, storage: Optional[StorageConfig] = None, *, require_run
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
             con.execute(f"CREATE VIEW {table}_all AS SELECT * FROM _{table}_current")
             continue
-        # DuckDB's own Parquet reader over the version's files, not delta-rs's Arrow dataset:
-        # pyarrow cannot filter files whose Arrow schema says string_view, which delta-rs's own
-        # UPDATE/MERGE write (a user's edit of the table must not break `r2p1d query`).
         sch = pa.schema(dt.schema().to_arrow())
-        current = [prefix + p for p in commit.table_files(output, table, dt, storage)]
-        _view(con, table, current, sch)
+        current = commit.table_files(output, table, dt, storage)
+        if is_local(output):
+            # DuckDB's own Parquet reader: it opens every file at each bind of a view on it, a
+            # few syscalls each here, and scans 2-3x faster than through an Arrow dataset.
+            _view(con, table, current, sch)
+        else:
+            # An Arrow dataset (view_schema), not read_parquet: through fsspec every open of a
+            # file is HEADs and a GET (docs/tables.md); nor delta-rs's own dataset, whose string
+            # columns make pyarrow fail a filter on files delta-rs's UPDATE/MERGE wrote.
+            con.register(f"_{table}_current", _dataset(current, sch, arrow_fs))
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_current")
         live = [r for r in records if not r.get("expired")]
         own = commit.committed_files(output, table, storage, runs=live)
-        # from_paths: no request per file here (a listing or a HEAD each on S3); files are opened when read
-        own_ds = ds.FileSystemDataset.from_paths(own, schema=sch, format=ds.ParquetFileFormat(),
-                                                 filesystem=arrow_fs)
-        con.register(f"_{table}_own", own_ds)
+        con.register(f"_{table}_own", _dataset(own, sch, arrow_fs))
         kept = ""
         if expired:  # expired runs: only their rows that are still current
             listing = ", ".join("'" + r + "'" for r in expired)

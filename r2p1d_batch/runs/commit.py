@@ -90,11 +90,14 @@ def threads(fn: Callable, args: list[tuple]) -> list:
 
 # -- what is committed -------------------------------------------------------------------------
 def runs_table(output: str, storage=None) -> pa.Table:
-    """The `runs` table's rows, by sequence number (empty when nothing is committed)."""
+    """The `runs` table's rows, by sequence number (empty when nothing is committed). delta-rs
+    reads the log; the version's data file (one, rewritten by each run) is read whole, in one
+    GET on S3 (delta-rs's own reader makes two or more)."""
     dt = tables.open_table(output, RUNS_TABLE, storage)
     if dt is None:
         return RUNS_SCHEMA.empty_table()
-    t = dt.to_pyarrow_table()
+    fs, root = filesystem(output, storage)
+    t = tables.read_small(dt, join(root.rstrip("/"), RUNS_TABLE), fs)
     return t.take(pc.sort_indices(t, sort_keys=[("seq", "ascending")]))
 
 
@@ -148,8 +151,11 @@ def committed_table(output: str, table: str, storage=None, runs: Optional[pa.Tab
     if not runs.num_rows:
         return None
     dt = tables.open_table(output, table, storage)
-    if dt is not None and tables.applied_seq(dt) > runs.column("seq")[-1].as_py():
-        dt = tables.open_table(output, table, storage, version=runs.column(f"{table}_version")[-1].as_py())
+    named, newest = runs.column(f"{table}_version")[-1].as_py(), runs.column("seq")[-1].as_py()
+    # At the version the newest run names (the usual case) the table holds no newer run: no
+    # look-up of its transactions (on S3 the newest commits or a checkpoint read once more).
+    if dt is not None and named is not None and dt.version() != named and tables.applied_seq(dt) > newest:
+        dt.load_as_version(named)
     return dt
 
 

@@ -54,8 +54,17 @@ def committed_files(output: str, table: str, storage=None, runs: Optional[list[d
 
 
 def is_legacy(output: str, storage=None) -> bool:
-    """Does ``output`` hold run records of the earlier layout?"""
+    """Does ``output`` hold run records of the earlier layout? One listing of the output root
+    (one request on S3, where ``exists`` on the records' directory is a HEAD and a listing);
+    only an output that has ``_runs/`` is globbed for records."""
     fs, root = filesystem(output, storage)
-    runs_dir = join(root.rstrip("/"), RUNS_DIR)
-    fs.invalidate_cache(runs_dir)
-    return fs.exists(runs_dir) and bool(fs.glob(join(runs_dir, "run_id=*.json")))
+    root = root.rstrip("/")
+    runs_dir = join(root, RUNS_DIR)
+    fs.invalidate_cache(runs_dir)  # s3fs caches listings (this one and its parents'): another process may have written
+    try:
+        names = fs.ls(root, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not any(n.rstrip("/").rsplit("/", 1)[-1] == RUNS_DIR for n in names):
+        return False
+    return bool(fs.glob(join(runs_dir, "run_id=*.json")))

@@ -12,7 +12,8 @@ one holds the output):
 4. vacuums: data files no version inside the horizon references, removed before it (and at
    least ``min_retention_hours`` ago: a reader that just opened a version keeps its files);
 5. writes a checkpoint and drops Delta log entries past the log's retention, so opening a table
-   reads a checkpoint and a few commits, however many nights came before.
+   reads a checkpoint (and no commit: every version has one, runs/tables.py), however many
+   nights came before.
 Nothing the current version or a version inside the horizon references is ever removed.
 """
 from __future__ import annotations

@@ -30,7 +30,11 @@ TABLES = ("clips", "videos")
 RUNS_TABLE = "runs"
 STATS_COLUMNS = ("video_id", "run_id")  # min/max per file: readers skip files by these
 ROW_GROUP_ROWS = 16_384  # part files' Parquet row groups: DuckDB reads them in parallel, skips by video_id
-CHECKPOINT_EVERY = 10  # a Delta checkpoint every N versions: opening a table reads <= N JSON commits
+# A Delta checkpoint at every version (delta-rs's post-commit hook, per the table's
+# delta.checkpointInterval): opening a table reads the checkpoint and no JSON commit. delta-rs
+# 1.6 reads each commit after the checkpoint twice on S3 (two requests per commit; with 10, up
+# to 18 more a table), while a checkpoint costs the same whenever it was written.
+CHECKPOINT_EVERY = 1
 # Which columns the files' stats cover must be declared: a reader that expects the default (the
 # first 32 columns) takes a column without stats for all-null (delta-rs 1.6's Arrow dataset then
 # drops every file from `WHERE clip_index = 1`).
@@ -89,6 +93,21 @@ def open_table(output: str, table: str, storage: Optional[StorageConfig] = None,
 def applied_seq(dt) -> int:
     """The newest run sequence number committed to the table (0: none)."""
     return int(dt.transaction_version(APP_ID) or 0) if dt is not None else 0
+
+
+def read_small(dt, table_dir: str, fs) -> pa.Table:
+    """The rows of a small table version (`runs`): each of its data files fetched whole, one GET
+    each on S3 (its size is in the add action: no HEAD), then conformed to the table's schema (a
+    column older files lack: nulls). ``table_dir``: the table's fs path. For tables without
+    deletion vectors or column mapping, as the job's are."""
+    sch = pa.schema(dt.schema().to_arrow())
+    files = data_files(dt)
+    parts = []
+    for path, size in zip(files.column("path").to_pylist(), files.column("size_bytes").to_pylist()):
+        t = pq.read_table(pa.BufferReader(fs.cat_file(join(table_dir, path), start=0, end=int(size))))
+        parts.append(pa.table([t.column(f.name).cast(f.type) if f.name in t.column_names
+                               else pa.nulls(t.num_rows, f.type) for f in sch], schema=sch))
+    return pa.concat_tables(parts) if parts else sch.empty_table()
 
 
 def data_files(dt) -> pa.Table:
@@ -199,13 +218,19 @@ def ensure_table(output: str, table: str, sch: pa.Schema, storage: Optional[Stor
                                storage_options=delta_options(output, storage),
                                configuration=TABLE_PROPERTIES)
         return dt
+    changed = False
+    conf = dt.metadata().configuration
+    stale = {k: v for k, v in TABLE_PROPERTIES.items() if conf.get(k) != v}
+    if stale:  # a table created with other properties (before checkpoints at every version)
+        dt.alter.set_table_properties(stale)
+        changed = True
     have = set(dt.schema().to_arrow().names)
     new = [f for f in sch if f.name not in have]
     if new:
         fields = Schema.from_arrow(pa.schema(new)).fields
         dt.alter.add_columns(list(fields))
-        dt = open_table(output, table, storage)
-    return dt
+        changed = True
+    return open_table(output, table, storage) if changed else dt
 
 
 def apply(output: str, table: str, seq: int, sch: pa.Schema, adds: list[DataFile], removes: list[tuple[str, int]],
@@ -224,8 +249,7 @@ def apply(output: str, table: str, seq: int, sch: pa.Schema, adds: list[DataFile
     actions += [RemoveAction(path, True, now, size, {}) for path, size in removes]
     props = CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()},
                              app_transactions=[Transaction(APP_ID, seq, now)])
+    # delta-rs's post-commit hook writes the checkpoint (TABLE_PROPERTIES: at every version)
     dt.create_write_transaction(actions=actions, mode="append", schema=dt.schema(), commit_properties=props)
     dt.update_incremental()  # the object is not refreshed by its own commit
-    if dt.version() % CHECKPOINT_EVERY == 0:
-        dt.create_checkpoint()
     return dt.version()

@@ -121,6 +121,7 @@ class S3Proxy:
     endpoint: str = ""
     bytes_down: int = 0
     request_lines: list = field(default_factory=list)
+    ranges: list = field(default_factory=list)  # each request's Range header ('' if none), as request_lines
     injected: list = field(default_factory=list)
     _faults: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,6 +134,7 @@ class S3Proxy:
         with self._lock:
             self.bytes_down, self._faults = 0, []
             self.request_lines.clear()
+            self.ranges.clear()
             self.injected.clear()
 
     @property
@@ -166,8 +168,11 @@ class S3Proxy:
                     return
                 head += chunk
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            rng = next((h.split(b":", 1)[1].strip().decode("latin-1") for h in head.split(b"\r\n")[1:]
+                        if h.lower().startswith(b"range:")), "")
             with self._lock:
                 self.request_lines.append(line)
+                self.ranges.append(rng)
                 fault = next((f for f in self._faults if f.match in line), None)
                 if fault:
                     self._faults.remove(fault)
