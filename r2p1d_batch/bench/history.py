@@ -93,15 +93,20 @@ def _processes(pool: ProcessPoolExecutor):
     return map_files
 
 
-def _peak_rss_reset() -> None:
-    """Start the peak-RSS count again from here (Linux: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+def _fresh_driver_night(out: Path, run_id: str, video_ix: np.ndarray, clips_per_video: int, rows_per_file: int,
+                        seed: int, workers: int) -> dict:
+    """One relabeling night committed by this (fresh) process, its rewrites in worker processes of
+    its own: the night's figures and this process's peak RSS, a nightly driver's (imports, the
+    night's rows, the commit)."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = _night(out, run_id, video_ix, clips_per_video, rows_per_file, np.random.default_rng(seed),
+                     relabel=True, map_files=_processes(pool))
+    return {**got, "peak_rss_gib": _peak_rss_gib()}
 
 
 def _peak_rss_gib() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (a spawned process's ru_maxrss
+    carries the forking parent's, on Linux)."""
     try:
         line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
         return int(line.split()[1]) / 2**20
@@ -172,17 +177,23 @@ def history_rows(videos: int, clips_per_video: int, nights: int, churn: float, r
     # spawn: this process holds delta-rs's runtime threads, which a fork would copy half-held
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         map_files = _processes(pool)
-        _peak_rss_reset()  # the nights' peak only: the driver's, the first night's synthesis left out
         for night in range(1, nights):
             run_id = f"2025{1 + night // 28:02d}{1 + night % 28:02d}T000000Z-n{night:05d}"
-            per_night.append(_night(out, run_id, rng.choice(videos, k, replace=False), clips_per_video,
-                                    rows_per_file, rng, relabel=True, map_files=map_files))
+            chosen = rng.choice(videos, k, replace=False)
+            if night == nights - 1:  # the last night in a fresh process: a nightly driver's memory
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as driver:
+                    last = driver.submit(_fresh_driver_night, out, run_id, chosen, clips_per_video, rows_per_file,
+                                         seed + night, workers).result()
+                per_night.append(last)
+            else:
+                per_night.append(_night(out, run_id, chosen, clips_per_video, rows_per_file, rng, relabel=True,
+                                        map_files=map_files))
             if maintain_every and night % maintain_every == 0 and night < nights - 1:
                 t = time.perf_counter()
                 maintain(str(out), cfg=MaintainConfig(keep_runs=maintain_every, min_retention_hours=0),
                          rows_per_file=rows_per_file)
                 maintained.append(time.perf_counter() - t)
-    rss = _peak_rss_gib()
+    rss = per_night[-1].get("peak_rss_gib", 0.0) if per_night else 0.0
     commits = np.array([n["commit_s"] for n in per_night]) if per_night else np.zeros(1)
     rewrites = np.array([n["rewrite_s"] for n in per_night]) if per_night else np.zeros(1)
     own_s = np.array([n["driver_own_s"] for n in per_night]) if per_night else np.zeros(1)
@@ -219,7 +230,7 @@ def history_rows(videos: int, clips_per_video: int, nights: int, churn: float, r
              f"({k} videos) each, rows written directly (no decode) through runs/commit.commit_run; the "
              f"rewrites run in {workers} worker processes (a label run gives them to Ray tasks across the cluster; "
              f"nightly_commit_s waits for them, nightly_driver_own_s is the driver's own part: the record, the "
-             f"Delta commits); driver_peak_rss_gib: this process over the nights; "
+             f"Delta commits); driver_peak_rss_gib: a fresh process that commits the last night (imports included); "
              + (f"maintain (keep_runs={maintain_every}) every {maintain_every} nights; " if maintain_every else "")
              + f"output.rows_per_file={rows_per_file}; {time.perf_counter() - t0:.0f} s in all",
              "query times: best of 3 in one DuckDB connection; connect_s: query.connect (three Delta tables opened, "
