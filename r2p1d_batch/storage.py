@@ -16,6 +16,7 @@ a few blocks, never the whole object, and holds at most one block in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any, Optional
@@ -176,6 +177,15 @@ def s3_client(cfg: Optional[StorageConfig] = None, max_pool_connections: int = 3
 def filesystem(uri: str, cfg: Optional[StorageConfig] = None):
     """(fs, path) for a local path or URL."""
     return fsspec.core.url_to_fs(uri, **storage_options(uri, cfg))
+
+
+def sha256(fs, path: str) -> str:
+    """The SHA-256 hex digest of the file ``path`` on ``fs``, read in 8 MiB pieces."""
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def is_local(uri: str) -> bool:

@@ -21,7 +21,6 @@ machine, keyed by its sha256). Nothing here imports torch except ``build``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -234,11 +233,11 @@ def speed_note(report: dict) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    import fsspec
+
+    from ..storage import sha256
+
+    return sha256(fsspec.filesystem("file"), str(path))
 
 
 def build(module, weights_id: str, calibration: np.ndarray, holdout: np.ndarray, out_dir: str, qcfg,
@@ -326,7 +325,7 @@ def read_report(graph_dir: str, storage=None) -> dict:
 def check(graph_dir: str, weights_id: str, storage=None) -> dict:
     """The report of ``graph_dir`` when a run with ``weights_id`` may use its graph; else an
     Int8Error saying why (missing, failed budget, other weights, a graph not the one measured)."""
-    from ..storage import filesystem
+    from ..storage import filesystem, sha256
 
     report = read_report(graph_dir, storage)
     if not report.get("passed"):
@@ -339,15 +338,12 @@ def check(graph_dir: str, weights_id: str, storage=None) -> dict:
     fs, root = filesystem(graph_dir, storage)
     path = f"{root.rstrip('/')}/{report.get('graph', GRAPH_FILE)}"
     try:
-        h = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                h.update(chunk)
+        digest = sha256(fs, path)
     except FileNotFoundError:
         raise Int8Error(f"model.int8={graph_dir}: {REPORT_FILE} is there but its graph {path} is not") from None
-    if h.hexdigest() != report.get("graph_sha256"):
+    if digest != report.get("graph_sha256"):
         raise Int8Error(f"model.int8={graph_dir}: {report.get('graph')} is not the graph its report measured "
-                        f"(sha256 {h.hexdigest()[:12]} != {str(report.get('graph_sha256'))[:12]}); rebuild it")
+                        f"(sha256 {digest[:12]} != {str(report.get('graph_sha256'))[:12]}); rebuild it")
     return report
 
 

@@ -7,7 +7,6 @@ module, never torch (~6 s and ~0.5 GiB per process).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -64,16 +63,13 @@ def weights_id(spec: str, seed: int = 0, storage=None) -> str:
         return f"random:seed={seed}"
     if is_kinetics(spec):
         return KINETICS_ID
-    from ..storage import filesystem
+    from ..storage import filesystem, sha256
 
     try:
         fs, path = filesystem(spec, storage)
-        h = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                h.update(chunk)
+        digest = sha256(fs, path)
     except FileNotFoundError:
         raise WeightsError(f"checkpoint not found: {spec}") from None
     except Exception as e:
         raise WeightsError(f"cannot read checkpoint {spec}: {type(e).__name__}: {e}") from None
-    return checkpoint_id(path, h.hexdigest())
+    return checkpoint_id(path, digest)
