@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import schema
+from .output import status_mb
 
 DIM = schema.EMBEDDING_DIM
 
@@ -122,20 +123,11 @@ def write_synthetic_output(root: Path, n: int, clips_per_video: int = 10, plante
     return [(vids[i], int(idx[i]), vids[j], int(idx[j])) for i, j in zip(a, b)]
 
 
-def _status_mb(key: str) -> float:
-    """VmHWM (peak RSS) or VmRSS of this process from /proc (ru_maxrss carries the parent's
-    peak across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def _child(root: str, threshold: float, planted_file: str) -> dict:
     """Run in a fresh process (duplicates_at): DuckDB views + the duplicate report, its costs."""
     from .. import query
 
-    rss0 = _status_mb("VmRSS")
+    rss0 = status_mb("VmRSS")
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0 = ru0.ru_utime + ru0.ru_stime
     t0 = time.perf_counter()
@@ -148,7 +140,7 @@ def _child(root: str, threshold: float, planted_file: str) -> dict:
     return {"seconds": round(wall, 2), "cpu_seconds": round(ru.ru_utime + ru.ru_stime - cpu0, 2),
             "pairs": len(rows),
             "planted_found": len(planted & found), "planted": len(planted),
-            "peak_rss_mb": _status_mb("VmHWM"), "rss_after_imports_mb": rss0}
+            "peak_rss_mb": status_mb("VmHWM"), "rss_after_imports_mb": rss0}
 
 
 def duplicates_at(n: int, threshold: float = 0.95) -> dict:

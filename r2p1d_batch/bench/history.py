@@ -13,7 +13,6 @@ against the current rows written once.
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ from ..classifying.weights import categories
 from ..config import MaintainConfig
 from ..runs import commit, tables
 from ..storage import filesystem
+from .output import status_mb
 
 LABEL_SQL = "SELECT label, count(*) FROM clips GROUP BY label"
 COUNT_SQL = "SELECT count(*) FROM clips"
@@ -101,17 +101,7 @@ def _fresh_driver_night(out: Path, run_id: str, video_ix: np.ndarray, clips_per_
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         got = _night(out, run_id, video_ix, clips_per_video, rows_per_file, np.random.default_rng(seed),
                      relabel=True, map_files=_processes(pool))
-    return {**got, "peak_rss_gib": _peak_rss_gib()}
-
-
-def _peak_rss_gib() -> float:
-    """This process's peak RSS: VmHWM, which starts afresh at exec (a spawned process's ru_maxrss
-    carries the forking parent's, on Linux)."""
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) / 2**20
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {**got, "peak_rss_gib": status_mb("VmHWM") / 1024}
 
 
 def _night(out: Path, run_id: str, video_ix: np.ndarray, clips_per_video: int, rows_per_file: int,

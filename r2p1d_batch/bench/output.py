@@ -80,3 +80,12 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else a / b
+
+
+def status_mb(key: str) -> float:
+    """VmHWM (peak RSS) or VmRSS of this process from /proc (ru_maxrss carries the parent's
+    peak across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from .. import schema
 from ..runs import commit, tables
 from ..storage import filesystem
+from .output import status_mb
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path.home() / ".cache" / "r2p1d_batch" / "bench" / "scale"
@@ -139,7 +140,6 @@ class _FirstRows(Exception):
 def _child(manifest: str, output: str, first_rows: bool) -> None:
     """Runs in a fresh process: pipeline.label on ``manifest`` -> ``output``; prints one JSON line."""
     import logging
-    import resource
 
     from .. import config as config_mod
     from .. import pipeline
@@ -176,7 +176,7 @@ def _child(manifest: str, output: str, first_rows: bool) -> None:
 
     out.update(ray_started=ray.is_initialized(), load_after=round(os.getloadavg()[0], 2))
     out.update(wall_s=round(time.perf_counter() - t0, 2), **{k: round(v, 2) for k, v in marks.items()},
-               peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
+               peak_rss_gib=round(status_mb("VmHWM") / 1024, 3))  # not ru_maxrss: it carries the bench's
     print("SCALE " + json.dumps(out), flush=True)
 
 
