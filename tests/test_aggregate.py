@@ -53,9 +53,9 @@ def test_a_video_finishes_when_its_row_and_all_its_clips_arrived_in_any_order_an
 
 
 def test_video_topk_is_the_classifiers_topk_ties_included():
-    """classifier.topk (k argmax passes), which video_topk runs, gives a stable argsort's ids and
+    """scores.topk (k argmax passes), which video_topk runs, gives a stable argsort's ids and
     scores: best first, ties to the lower id, also where the k-th value is shared."""
-    from r2p1d_batch.classifying.classifier import topk
+    from r2p1d_batch.classifying.scores import topk
 
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(400), 300).astype(np.float32)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.video import r2plus1d_18
 
-from r2p1d_batch.classifying.classifier import ClipClassifier, topk
+from r2p1d_batch.classifying.classifier import ClipClassifier
 from r2p1d_batch.classifying.model import (
     KINETICS,
     WeightsError,
@@ -15,6 +15,7 @@ from r2p1d_batch.classifying.model import (
     load_model,
     normalization,
 )
+from r2p1d_batch.classifying.scores import topk
 from r2p1d_batch.config import ModelConfig
 
 

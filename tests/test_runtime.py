@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from r2p1d_batch import config
-from r2p1d_batch.classifying.classifier import ClipClassifier, cached_cpu_graph, resolve_runtime, softmax
+from r2p1d_batch.classifying.classifier import ClipClassifier, cached_cpu_graph, resolve_runtime
 from r2p1d_batch.classifying.export import cached_export
+from r2p1d_batch.classifying.scores import softmax
 
 from tests.helpers import REPO
 

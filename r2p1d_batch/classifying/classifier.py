@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from .ort import INPUT_NAME, cached_path, cpu_graph, cpu_session
-from .scores import softmax, topk  # noqa: F401 (re-exported: the classifier's arithmetic)
+from .scores import softmax, topk
 from .weights import categories, is_random
 
 

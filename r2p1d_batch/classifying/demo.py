@@ -14,7 +14,8 @@ def classify_video(uri: str, weights: str = "kinetics400", mode: str = "zoo", se
     from ..decoding.pyav import VideoSource
     from ..decoding.sampling import plan_clips
     from ..storage import filesystem, is_local
-    from .classifier import ClipClassifier, topk
+    from .classifier import ClipClassifier
+    from .scores import topk
 
     sampling = SamplingConfig(mode=mode)
     fs, path = filesystem(uri)

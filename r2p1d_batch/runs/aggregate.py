@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..classifying.classifier import topk
+from ..classifying.scores import topk
 
 
 class WriteConflict(RuntimeError):
@@ -191,7 +191,7 @@ def _files(st: _Pending) -> str:
 
 def video_topk(labels: np.ndarray, k: int, mean_probs: np.ndarray) -> dict[str, pa.Array]:
     """Video-level top-k of mean clip softmaxes (V, classes), as Arrow columns of V rows: label,
-    score, topk_labels, topk_scores; the top-k of classifying.classifier.topk (float32, ties to the lower id)."""
+    score, topk_labels, topk_scores; the top-k of classifying.scores.topk (float32, ties to the lower id)."""
     if not len(mean_probs):
         ids, scores = np.empty((0, k), np.int64), np.empty((0, k), np.float32)
     else:
